@@ -1,0 +1,36 @@
+# The two commands a fresh machine needs (see README):
+#   make serve   create .venv, then serve the default model on 127.0.0.1:3000
+#   make test    create .venv, then run the whole test suite
+# Both build the environment themselves; nothing else has to be installed first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: serve test browser venv clean
+
+venv: $(STAMP)
+
+# pip (not uv/poetry): torch==2.14.1 and torchvision==0.29.1 come from this machine's disk.
+$(STAMP): pyproject.toml clients/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./clients
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/clsloc serve --host 127.0.0.1 --port 3000
+
+# Browser tests use Debian's Chromium; Playwright's own browser download cannot work offline.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,107 @@
+"""The exported model's manifest: what serving trusts about a ``model.onnx``.
+
+An exported model is a directory holding ``model.onnx`` and ``manifest.json``
+(or the same two files in a BentoML model). The manifest is written once, at
+export, by ``training.export`` and read by everything that runs the model.
+
+Graph contract (checked by ``serving.engine`` against the ONNX file):
+  input  ``image``  float32 (N, 3, H, W), preprocessed as ``preprocessing`` says
+  output ``logits`` float32 (N, C), C == len(classes)
+  output ``boxes``  float32 (N, 4), ``box_format`` (normalized xyxy in [0, 1])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clsloc.preprocess import Preprocessing
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+BOX_FORMAT = "xyxy_normalized"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logits", "boxes")
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, malformed, or inconsistent with its model."""
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    backbone: str
+    box_format: str = BOX_FORMAT
+    input_name: str = INPUT_NAME
+    output_names: tuple[str, str] = OUTPUT_NAMES
+    created: str = ""
+    precision: str = "fp32"  # or "int8"
+    data_fingerprint: str = ""
+    head: dict = field(default_factory=dict)  # e.g. {"attach": "map", "per_class": false}
+    metrics: dict = field(default_factory=dict)  # {"pytorch": {...}, "onnx": {...}}
+    parity: dict = field(default_factory=dict)  # {"max_abs_logit_diff", "min_box_iou", "images", "passed"}
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ManifestError(f"classes must be a non-empty list of unique names, got {self.classes!r}")
+        if self.box_format != BOX_FORMAT:
+            raise ManifestError(f"box_format {self.box_format!r} is not supported (known: {BOX_FORMAT!r})")
+        self.output_names = tuple(self.output_names)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        d["output_names"] = list(self.output_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "manifest") -> "Manifest":
+        if not isinstance(d, dict):
+            raise ManifestError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ManifestError(f"{source}: format_version {version!r} is not supported (this clsloc reads {FORMAT_VERSION})")
+        missing = [k for k in ("name", "version", "classes", "preprocessing", "backbone") if k not in d]
+        if missing:
+            raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
+        d = dict(d)
+        try:
+            d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"{source}: field 'preprocessing': {exc}") from exc
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ManifestError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}")
+        try:
+            return cls(**d)
+        except ManifestError as exc:
+            raise ManifestError(f"{source}: {exc}") from exc
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Manifest":
+        path = Path(model_dir) / MANIFEST_FILE
+        if not path.is_file():
+            raise ManifestError(f"{path}: no manifest (an exported model directory holds {MODEL_FILE} and {MANIFEST_FILE})")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,1 @@
+"""Network definitions: pretrained backbones and the classification / box heads (torch)."""

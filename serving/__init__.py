@@ -1,0 +1,1 @@
+"""Serving: onnxruntime engine and BentoML service (no torch)."""

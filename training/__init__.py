@@ -1,0 +1,1 @@
+"""Training, babysitting (sanity, overfit, tune, cv) and export (torch)."""
