@@ -1,1 +1,11 @@
-"""Network definitions: pretrained backbones and the classification / box heads (torch)."""
+"""What a model is: a pretrained backbone plus a classification head and a box head (torch).
+
+- ``models.backbones``  pretrained ImageNet trunks loaded offline (EfficientNet-Lite0/1/2, torchvision)
+- ``models.heads``      classification head, box regression head (map or pooled, agnostic or per-class)
+- ``models.network``    ClsLocNet, ``build_model``, ``select_boxes``, the ONNX ``ExportWrapper``
+"""
+
+from models.backbones import BACKBONES, BackboneError, get_backbone
+from models.network import ClsLocNet, ExportWrapper, build_model, select_boxes
+
+__all__ = ["BACKBONES", "BackboneError", "ClsLocNet", "ExportWrapper", "build_model", "get_backbone", "select_boxes"]

@@ -1,0 +1,73 @@
+"""The two heads of the lecture's recipe: class scores and a box regression head.
+
+The box head outputs boxes normalized to the image, as xyxy in [0, 1]: a
+sigmoid gives centre and size in [0, 1], converted to corners. Trained with L2
+(MSE) on those corners by default.
+
+Where the box head attaches is a choice with a measured default (issue 3):
+on the spatial feature map (``attach="map"``) it keeps *where* features fired;
+on pooled features (``attach="pooled"``) that information is averaged away.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+
+class ClassificationHead(nn.Module):
+    """Global average pool -> dropout -> linear: the fine-tuned classifier."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(features), 1)))
+
+
+class BoxHead(nn.Module):
+    """Regression head: feature map -> (N, K, 4) normalized xyxy boxes.
+
+    K is 1 for a class-agnostic head, C for a per-class head (the row of the
+    predicted class is used at test time, see ``models.network.select_boxes``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        map_size: tuple[int, int],
+        num_boxes: int = 1,
+        attach: str = "map",
+        hidden: int = 256,
+        reduced: int = 64,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        if attach not in ("map", "pooled"):
+            raise ValueError(f"attach must be 'map' or 'pooled', got {attach!r}")
+        self.attach = attach
+        self.num_boxes = num_boxes
+        if attach == "map":
+            # A 1x1 conv shrinks channels so the fully connected layer sees every position.
+            self.reduce = nn.Sequential(
+                nn.Conv2d(channels, reduced, kernel_size=1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(inplace=True)
+            )
+            in_features = reduced * map_size[0] * map_size[1]
+        else:
+            self.reduce = nn.AdaptiveAvgPool2d(1)
+            in_features = channels
+        self.mlp = nn.Sequential(
+            nn.Flatten(1),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_boxes * 4),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cxcywh = torch.sigmoid(self.mlp(self.reduce(features))).view(-1, self.num_boxes, 4)
+        return box_convert(cxcywh, "cxcywh", "xyxy")

@@ -1,0 +1,106 @@
+"""ClsLocNet: a pretrained backbone with a classification head and a box head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clsloc.preprocess import Preprocessing
+from models.backbones import get_backbone
+from models.heads import BoxHead, ClassificationHead
+
+
+class ClsLocNet(nn.Module):
+    """image (N, 3, H, W) -> (logits (N, C), boxes (N, K, 4) normalized xyxy).
+
+    ``forward_features`` and ``forward_heads`` are split so training can cache
+    the frozen backbone's features once and train the heads on them.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        channels: int,
+        map_size: tuple[int, int],
+        num_classes: int,
+        *,
+        attach: str = "map",
+        per_class: bool = False,
+        dropout: float = 0.2,
+        backbone_name: str = "",
+        preprocessing: Preprocessing | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.cls_head = ClassificationHead(channels, num_classes, dropout)
+        self.box_head = BoxHead(channels, map_size, num_classes if per_class else 1, attach, dropout=dropout)
+        self.num_classes = num_classes
+        self.per_class = per_class
+        self.attach = attach
+        self.backbone_name = backbone_name
+        self.preprocessing = preprocessing
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_head(features), self.box_head(features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_heads(self.forward_features(x))
+
+    def head_parameters(self):
+        return [*self.cls_head.parameters(), *self.box_head.parameters()]
+
+
+def select_boxes(logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(N, K, 4) -> (N, 4): the only row of an agnostic head, or the predicted class's row."""
+    if boxes.shape[1] == 1:
+        return boxes[:, 0]
+    index = logits.argmax(dim=1).view(-1, 1, 1).expand(-1, 1, 4)
+    return boxes.gather(1, index).squeeze(1)
+
+
+class ExportWrapper(nn.Module):
+    """What is exported to ONNX: (logits (N, C), boxes (N, 4)) per the manifest's graph contract."""
+
+    def __init__(self, model: ClsLocNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, boxes = self.model(image)
+        return logits, select_boxes(logits, boxes).clamp(0.0, 1.0)
+
+
+def build_model(
+    backbone: str = "efficientnet_lite0",
+    num_classes: int = 2,
+    *,
+    attach: str = "map",
+    per_class: bool = False,
+    pretrained: bool = True,
+    dropout: float = 0.2,
+    input_size: int | None = None,
+) -> ClsLocNet:
+    """Build a ClsLocNet. ``input_size`` overrides the backbone's (small sizes make fast tests)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    spec = get_backbone(backbone)
+    trunk, channels = spec.build(pretrained)
+    preprocessing = spec.preprocessing(input_size)
+    # The box head's fully connected layer needs the feature map's size at this input size.
+    trunk.eval()
+    with torch.no_grad():
+        map_size = tuple(trunk(torch.zeros(1, 3, *preprocessing.size)).shape[-2:])
+    return ClsLocNet(
+        trunk,
+        channels,
+        map_size,
+        num_classes,
+        attach=attach,
+        per_class=per_class,
+        dropout=dropout,
+        backbone_name=backbone,
+        preprocessing=preprocessing,
+    )

