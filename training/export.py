@@ -1,0 +1,348 @@
+"""``clsloc export RUN_DIR --out MODEL_DIR [--int8] [--bentoml NAME]``.
+
+A training run becomes a served artifact: one self-contained ``model.onnx``
+(dynamic batch axis, no external data file) plus ``manifest.json``
+(clsloc.manifest). Parity is checked here, not assumed:
+
+1. PyTorch (the run's best checkpoint) and onnxruntime run the same
+   preprocessed validation images: max |logit difference| <= 1e-4 and the
+   IoU of every box pair >= 0.999, or the export fails with the numbers.
+2. The ONNX model is re-evaluated on the validation set with
+   ``clsloc.metrics`` (the one metrics definition) and the numbers go into the
+   manifest next to PyTorch's.
+
+``--int8``: static quantization (onnxruntime.quantization, QDQ, calibrated on
+training images, ``reduce_range=True`` because this CPU has AVX2 but no VNNI:
+plain u8s8 kernels saturate there). int8 is kept only when its validation
+accuracy and mean IoU are within 1 point of fp32; otherwise the export
+refuses with both sets of numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from clsloc.boxes import denormalize_boxes, paired_iou
+from clsloc.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from clsloc.preprocess import Preprocessing
+
+MAX_LOGIT_DIFF = 1e-4
+MIN_BOX_IOU = 0.999
+INT8_TOLERANCE = 0.01  # "within 1 point" of fp32 accuracy and mean IoU
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The export cannot produce a trustworthy artifact (message carries the numbers)."""
+
+
+# -- ONNX writing (also used by tests with tiny modules) -------------------------------------
+
+
+def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset: int = OPSET) -> Path:
+    """Write ``module`` ((N,3,H,W) -> (logits, boxes)) as one self-contained ONNX file.
+
+    Input ``image`` with a dynamic batch axis; outputs ``logits`` and ``boxes``
+    (the graph contract in clsloc.manifest). Weights are embedded, never an
+    external-data side file, so the artifact is one file to copy.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    example = torch.zeros(2, 3, *input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            module,
+            (example,),
+            str(raw),
+            input_names=["image"],
+            output_names=["logits", "boxes"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "boxes": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        # Re-save from memory: whatever the exporter did, the result is one file with the weights inside.
+        model = onnx.load(str(raw), load_external_data=True)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return path
+
+
+# -- running both sides ------------------------------------------------------------------------
+
+
+def _decode_all(records) -> list[np.ndarray]:
+    from clsloc.images import decode_image
+
+    return [decode_image(r.image) for r in records]
+
+
+def _torch_outputs(wrapper, batches) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    logits, boxes = [], []
+    with torch.inference_mode():
+        for x in batches:
+            lo, bo = wrapper(torch.from_numpy(x))
+            logits.append(lo.numpy())
+            boxes.append(bo.numpy())
+    return np.concatenate(logits), np.concatenate(boxes)
+
+
+def _onnx_outputs(session, batches) -> tuple[np.ndarray, np.ndarray]:
+    logits, boxes = [], []
+    for x in batches:
+        lo, bo = session.run(["logits", "boxes"], {"image": x})
+        logits.append(lo)
+        boxes.append(bo)
+    return np.concatenate(logits), np.concatenate(boxes)
+
+
+def _batches(preprocessing: Preprocessing, images: list[np.ndarray], size: int = 16):
+    for i in range(0, len(images), size):
+        yield preprocessing.batch(images[i : i + size])
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def parity(logits_a, boxes_a, logits_b, boxes_b) -> dict:
+    diff = float(np.max(np.abs(logits_a - logits_b))) if len(logits_a) else 0.0
+    ious = paired_iou(boxes_a, boxes_b) if len(boxes_a) else np.ones(0)
+    min_iou = float(np.min(ious)) if len(ious) else 1.0
+    label_agreement = float(np.mean(logits_a.argmax(1) == logits_b.argmax(1))) if len(logits_a) else 1.0
+    return {
+        "images": int(len(logits_a)),
+        "max_abs_logit_diff": diff,
+        "min_box_iou": min_iou,
+        "label_agreement": label_agreement,
+        "thresholds": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "min_box_iou": MIN_BOX_IOU},
+        "passed": bool(diff <= MAX_LOGIT_DIFF and min_iou >= MIN_BOX_IOU),
+    }
+
+
+def evaluate_outputs(records, classes: list[str], logits: np.ndarray, boxes_norm: np.ndarray) -> dict:
+    """Val records + network outputs -> clsloc.metrics report (boxes scored in pixels)."""
+    from clsloc.metrics import evaluate_records
+
+    labels = [classes[int(k)] for k in logits.argmax(1)]
+    boxes_px = np.stack(
+        [denormalize_boxes(b, r.width, r.height) for b, r in zip(boxes_norm, records)]
+    ) if len(records) else np.zeros((0, 4))
+    return evaluate_records(records, labels, boxes_px)
+
+
+def _summary(report: dict) -> dict:
+    return {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "mean_iou", "loc_accuracy") if k in report}
+
+
+def _fmt(report: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in _summary(report).items())
+
+
+# -- int8 ----------------------------------------------------------------------------------------
+
+
+class _CalibrationReader:
+    """Feeds preprocessed training images to onnxruntime's static quantizer."""
+
+    def __init__(self, preprocessing: Preprocessing, paths: list[Path]):
+        self.preprocessing = preprocessing
+        self.paths = list(paths)
+
+    def get_next(self):
+        from clsloc.images import ImageError, decode_image
+
+        while self.paths:
+            path = self.paths.pop(0)
+            try:
+                return {"image": self.preprocessing.batch([decode_image(path)])}
+            except ImageError:
+                continue
+        return None
+
+    def rewind(self):  # onnxruntime calls this between calibration passes on newer versions
+        pass
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, preprocessing: Preprocessing, calibration: list[Path]) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _CalibrationReader(preprocessing, calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,  # 7-bit weights: no VNNI on this CPU, u8s8 saturates without it
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return int8_path
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _version_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    int8: bool = False,
+    bentoml_name: str | None = None,
+    name: str | None = None,
+    calibration_images: int = 64,
+    log=print,
+) -> Manifest:
+    """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError."""
+    from training.checkpoint import load_run, load_split
+
+    from models import ExportWrapper
+
+    run_dir, out = Path(run_dir), Path(out)
+    model, config = load_run(run_dir, "best")
+    train_records, val_records = load_split(run_dir)
+    classes = list(config["classes"])
+    preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    wrapper = ExportWrapper(model).eval()
+
+    out.mkdir(parents=True, exist_ok=True)
+    fp32_path = out / MODEL_FILE
+    log(f"export: writing {fp32_path} (input {preprocessing.size}, {len(classes)} classes)")
+    export_onnx(wrapper, fp32_path, preprocessing.size)
+
+    log(f"export: parity on {len(val_records)} validation images")
+    images = _decode_all(val_records)
+    torch_logits, torch_boxes = _torch_outputs(wrapper, _batches(preprocessing, images))
+    onnx_logits, onnx_boxes = _onnx_outputs(_session(fp32_path), _batches(preprocessing, images))
+    check = parity(torch_logits, torch_boxes, onnx_logits, onnx_boxes)
+    log(
+        f"export: parity max |logit diff| = {check['max_abs_logit_diff']:.2e} (<= {MAX_LOGIT_DIFF:g}), "
+        f"min box IoU = {check['min_box_iou']:.6f} (>= {MIN_BOX_IOU})"
+    )
+    if not check["passed"]:
+        fp32_path.unlink(missing_ok=True)
+        raise ExportError(
+            f"parity failed for {run_dir}: max |logit diff| {check['max_abs_logit_diff']:.3e} "
+            f"(limit {MAX_LOGIT_DIFF:g}), min box IoU {check['min_box_iou']:.6f} (limit {MIN_BOX_IOU}) "
+            f"over {check['images']} validation images"
+        )
+    metrics = {
+        "pytorch": evaluate_outputs(val_records, classes, torch_logits, torch_boxes),
+        "onnx": evaluate_outputs(val_records, classes, onnx_logits, onnx_boxes),
+    }
+    log(f"export: ONNX on validation: {_fmt(metrics['onnx'])}")
+
+    precision = "fp32"
+    if int8:
+        int8_path = out / "model.int8.onnx"
+        calibration = [r.image for r in train_records[:calibration_images]]
+        log(f"export: int8 static quantization calibrated on {len(calibration)} training images")
+        quantize_int8(fp32_path, int8_path, preprocessing, calibration)
+        q_logits, q_boxes = _onnx_outputs(_session(int8_path), _batches(preprocessing, images))
+        metrics["onnx_int8"] = evaluate_outputs(val_records, classes, q_logits, q_boxes)
+        fp, q = metrics["onnx"], metrics["onnx_int8"]
+        lost = {k: fp[k] - q[k] for k in ("accuracy", "mean_iou")}
+        log(f"export: int8 on validation: {_fmt(q)}")
+        if any(v > INT8_TOLERANCE for v in lost.values()):
+            int8_path.unlink(missing_ok=True)
+            raise ExportError(
+                "int8 refused: it loses more than 1 point on validation "
+                f"(fp32: {_fmt(fp)}; int8: {_fmt(q)}); the fp32 model stays at {fp32_path} without a manifest"
+            )
+        int8_path.replace(fp32_path)
+        precision = "int8"
+
+    manifest = Manifest(
+        name=name or bentoml_name or run_dir.name,
+        version=_version_now(),
+        classes=classes,
+        preprocessing=preprocessing,
+        backbone=str(config.get("backbone", "")),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        precision=precision,
+        data_fingerprint=str(config.get("data_fingerprint", "")),
+        head=dict(config.get("head", {})),
+        metrics=metrics,
+        parity=check,
+        extra={"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt", "opset": OPSET},
+    )
+    manifest.save(out)
+    log(f"export: wrote {out / MODEL_FILE} and {out / MANIFEST_FILE} ({precision})")
+    if bentoml_name:
+        tag = store_in_bentoml(out, bentoml_name, manifest)
+        log(f"export: stored in the BentoML model store as {tag}")
+    return manifest
+
+
+def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None = None) -> str:
+    """Copy an exported model directory into the BentoML store; the tag's version is the manifest's."""
+    import bentoml
+
+    model_dir = Path(model_dir)
+    manifest = manifest or Manifest.load(model_dir)
+    # JSON round trip: BentoML metadata accepts plain JSON-like values only.
+    metadata = json.loads(json.dumps(manifest.to_dict()))
+    with bentoml.models.create(
+        f"{name}:{manifest.version}",
+        module="clsloc",
+        labels={"framework": "onnxruntime", "precision": manifest.precision},
+        metadata=metadata,
+    ) as stored:
+        for filename in (MODEL_FILE, MANIFEST_FILE):
+            shutil.copy2(model_dir / filename, Path(stored.path) / filename)
+    return str(stored.tag)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (clsloc train --out)")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="where model.onnx + manifest.json go")
+    parser.add_argument("--int8", action="store_true", help="static int8 quantization, kept only within 1 point of fp32")
+    parser.add_argument("--bentoml", metavar="NAME", help="also store the model in the BentoML model store as NAME:VERSION")
+    parser.add_argument("--name", help="model name in the manifest (default: --bentoml NAME or the run directory name)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate int8")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        export_run(
+            args.run_dir,
+            args.out,
+            int8=args.int8,
+            bentoml_name=args.bentoml,
+            name=args.name,
+            calibration_images=args.calibration_images,
+        )
+    except ExportError as exc:
+        print(f"clsloc export: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"clsloc export: {exc}", file=sys.stderr)
+        return 2
+    return 0
