@@ -153,8 +153,25 @@ def _orientation(image: Image.Image, file: str | None) -> int:
         return 1
     if isinstance(value, int) and 1 <= value <= 8:
         return value
+    if value == 0:  # written by many cameras for "unknown"; means the same as 1
+        return 1
     warnings.warn(f"{file or 'image'}: EXIF orientation {value!r} is not a valid value (1-8); ignored", stacklevel=3)
     return 1
+
+
+def _load_pixels(image: Image.Image, file: str | None) -> None:
+    """Decode the pixels; truncated / corrupt data becomes an ImageError naming the file."""
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", file, f"refused as a decompression bomb ({exc})") from None
+    except OSError as exc:
+        message = str(exc)
+        if "decoder" in message and "not available" in message:
+            raise ImageError("unsupported_format", file, f"{image.format} variant not supported ({message})") from None
+        raise ImageError("truncated", file, f"truncated or corrupt {image.format or 'image'} data ({message})") from None
+    except (SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise ImageError("truncated", file, f"corrupt {image.format or 'image'} data ({exc})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -206,17 +223,7 @@ def decode_image(
         image = _open_header(stream, file, max_pixels)
         with image:
             orientation = _orientation(image, file)
-            try:
-                image.load()
-            except Image.DecompressionBombError as exc:
-                raise ImageError("too_many_pixels", file, f"refused as a decompression bomb ({exc})") from None
-            except OSError as exc:
-                message = str(exc)
-                if "decoder" in message and "not available" in message:
-                    raise ImageError("unsupported_format", file, f"{image.format} variant not supported ({message})") from None
-                raise ImageError("truncated", file, f"truncated or corrupt {image.format or 'image'} data ({message})") from None
-            except (SyntaxError, ValueError, EOFError, IndexError) as exc:
-                raise ImageError("truncated", file, f"corrupt {image.format or 'image'} data ({exc})") from None
+            _load_pixels(image, file)
             rgb = _to_rgb(image)
             if orientation != 1:
                 rgb = rgb.transpose(_TRANSPOSE[orientation])
@@ -234,6 +241,29 @@ def image_size(source: ImageSource, *, name: str | None = None) -> tuple[int, in
             width, height = image.size
             if _orientation(image, file) in (5, 6, 7, 8):  # rotated by 90 degrees: axes swap
                 width, height = height, width
+            return width, height
+    finally:
+        stream.close()
+
+
+def check_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Make sure the image decodes (cheaply) and return its displayed ``(width, height)``.
+
+    Used by dataset checks: the whole file is decoded, so truncated or
+    corrupt data is found, but JPEGs are decoded at 1/8 scale (libjpeg's DCT
+    scaling still reads every byte of the entropy-coded data). Raises
+    :class:`ImageError` like :func:`decode_image`.
+    """
+    file = _display_name(source, name)
+    stream = _open_stream(source, file, None)
+    try:
+        with _open_header(stream, file, max_pixels) as image:
+            width, height = image.size
+            if _orientation(image, file) in (5, 6, 7, 8):
+                width, height = height, width
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
+            _load_pixels(image, file)
             return width, height
     finally:
         stream.close()
