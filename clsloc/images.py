@@ -75,6 +75,16 @@ class ImageError(ValueError):
         super().__init__(f"{file or 'image'}: {detail}")
 
 
+class ImageWarning(UserWarning):
+    """Something odd about an image that was decoded anyway (e.g. a bogus EXIF orientation)."""
+
+    def __init__(self, file: str | None, kind: str, detail: str):
+        self.file = file
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{file or 'image'}: {detail}")
+
+
 def _display_name(source, name: str | None) -> str | None:
     if name is not None:
         return str(name)
@@ -149,13 +159,13 @@ def _orientation(image: Image.Image, file: str | None) -> int:
     try:
         value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except Exception as exc:  # a corrupt EXIF block must not cost the pixels
-        warnings.warn(f"{file or 'image'}: unreadable EXIF data ignored ({exc})", stacklevel=3)
+        warnings.warn(ImageWarning(file, "bad_exif", f"unreadable EXIF data ignored ({exc})"), stacklevel=3)
         return 1
     if isinstance(value, int) and 1 <= value <= 8:
         return value
     if value == 0:  # written by many cameras for "unknown"; means the same as 1
         return 1
-    warnings.warn(f"{file or 'image'}: EXIF orientation {value!r} is not a valid value (1-8); ignored", stacklevel=3)
+    warnings.warn(ImageWarning(file, "bad_exif", f"EXIF orientation {value!r} is not a valid value (1-8); ignored"), stacklevel=3)
     return 1
 
 

@@ -74,13 +74,20 @@ def load_dataset(
     *,
     policy: str = "largest",
     check_images: bool = True,
+    errors: str = "raise",
 ) -> Dataset:
     """Read and merge datasets; records with problems are left out and listed in ``problems``.
 
     ``check_images`` decodes every image once (cheaply) so truncated or corrupt
     files are found now rather than in the middle of training; without it only
     missing files are found and sizes come from the annotations (or headers).
+
+    ``errors="report"`` turns a dataset path that cannot be read at all into
+    a problem (kind ``unreadable_dataset``) instead of a DatasetError, so the
+    other paths are still read (``data check`` uses it).
     """
+    if errors not in ("raise", "report"):
+        raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}")
     if policy not in POLICIES:
         raise ValueError(f"unknown target policy {policy!r} (known: {', '.join(POLICIES)})")
     if isinstance(paths, (str, Path)):
@@ -90,7 +97,13 @@ def load_dataset(
         raise DatasetError("no dataset path given")
     dataset = Dataset(records=[], classes=[], problems=[], sources=[])
     for path in paths:
-        fmt, items = read_raw(path)
+        try:
+            fmt, items = read_raw(path)
+        except DatasetError as exc:
+            if errors == "raise":
+                raise
+            dataset.problems.append(Problem(str(path), "unreadable_dataset", str(exc)))
+            continue
         dataset.sources.append(f"{fmt}:{path}")
         for item in items:
             if isinstance(item, Problem):

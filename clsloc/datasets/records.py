@@ -24,13 +24,14 @@ Every reader (VOC, COCO, YOLO, CSV) only parses its format into
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from clsloc.boxes import normalize_boxes
-from clsloc.images import ImageError, check_image, image_size
+from clsloc.images import ImageError, ImageWarning, check_image, image_size
 
 POLICIES = ("largest", "first", "skip")
 
@@ -165,10 +166,17 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
     image_file = str(raw.image)
     declared = (raw.width or 0, raw.height or 0)
     unreadable: ImageError | None = None
-    try:
-        size = check_image(raw.image) if check_images else (declared if min(declared) > 0 else image_size(raw.image))
-    except ImageError as exc:
-        unreadable, size = exc, declared
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        try:
+            size = check_image(raw.image) if check_images else (declared if min(declared) > 0 else image_size(raw.image))
+        except ImageError as exc:
+            unreadable, size = exc, declared
+    for warning in caught:  # odd but decodable images (bogus EXIF) become listed warnings
+        if isinstance(warning.message, ImageWarning):
+            out.problems.append(Problem(image_file, warning.message.kind, warning.message.detail, skipped=False))
+        else:
+            warnings.warn(warning.message, stacklevel=2)
     width, height = int(size[0]), int(size[1])
     if unreadable is None and min(declared) > 0 and declared != (width, height):
         out.problems.append(Problem(
