@@ -1,0 +1,161 @@
+"""Every training option in one dataclass, and the command-line flags that fill it.
+
+``clsloc train``, ``clsloc cv`` and ``clsloc tune`` share these flags; the
+resolved config (this dataclass plus what the run found out: classes,
+preprocessing, data fingerprint, final metrics) is written to
+``RUN_DIR/config.json`` and is what ``training.checkpoint.load_run`` rebuilds
+the model from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+OPTIMIZERS = ("adamw", "sgd")
+BOX_LOSSES = ("mse", "smooth_l1", "giou")
+LR_SCHEDULES = ("cosine", "step", "none")
+MONITORS = ("mean_iou", "loc_accuracy", "accuracy", "loss")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    datasets: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)  # explicit validation datasets; empty = hold out val_split
+    val_split: float = 0.2
+    policy: str = "largest"  # which object is the training target in a multi-object image
+    seed: int = 0
+    # model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    attach: str = "map"  # box head on the spatial feature map (measured better) or on pooled features
+    per_class: bool = False
+    dropout: float = 0.2
+    image_size: int = 0  # network input side; 0 = the backbone's own (224 for Lite0)
+    # stage 1: heads on the frozen backbone (features cached when possible)
+    epochs: int = 40
+    lr: float = 1e-3
+    # stage 2: fine-tune everything at a lower rate (0 epochs = skip)
+    finetune_epochs: int = 8
+    finetune_lr: float = 1e-4
+    # optimisation
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"
+    box_loss: str = "mse"
+    box_weight: float = 5.0  # lambda in CE + lambda * box loss
+    augment: bool = True
+    cache_flip: bool = True  # stage 1 also caches features of the mirrored image (2 fixed views)
+    patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
+    monitor: str = "mean_iou"
+    # runtime
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    workers: int = 0  # DataLoader workers for the augmented stage
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad option; called before any work starts."""
+        checks = [
+            (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, OPTIMIZERS),
+            (self.box_loss in BOX_LOSSES, "box_loss", self.box_loss, BOX_LOSSES),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, LR_SCHEDULES),
+            (self.monitor in MONITORS, "monitor", self.monitor, MONITORS),
+            (self.attach in ("map", "pooled"), "attach", self.attach, ("map", "pooled")),
+            (self.policy in ("largest", "first", "skip"), "policy", self.policy, ("largest", "first", "skip")),
+        ]
+        for ok, name, value, known in checks:
+            if not ok:
+                raise ValueError(f"option {name}={value!r} is not one of {list(known)}")
+        if not 0.0 < self.val_split < 1.0 and not self.val:
+            raise ValueError(f"option val_split={self.val_split} must be in (0, 1) when no --val is given")
+        for name in ("epochs", "finetune_epochs", "patience", "workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"option {name}={getattr(self, name)} must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"option batch_size={self.batch_size} must be >= 1")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"option {name}={getattr(self, name)} must be > 0")
+        if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("weight_decay and box_weight must be >= 0, dropout in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = True) -> None:
+    """The flags shared by train, cv and tune (defaults come from TrainConfig)."""
+    d = TrainConfig()
+    if datasets:
+        parser.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)")
+    g = parser.add_argument_group("data")
+    g.add_argument("--val", nargs="+", default=[], metavar="DATASET", help="explicit validation datasets (default: hold out --val-split)")
+    g.add_argument("--val-split", type=float, default=d.val_split, help="stratified hold-out fraction (default %(default)s)")
+    g.add_argument("--policy", default=d.policy, choices=["largest", "first", "skip"], help="training target in multi-object images")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = parser.add_argument_group("model")
+    g.add_argument("--backbone", default=d.backbone, help="efficientnet_lite0/1/2 or a torchvision classifier (default %(default)s)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone weights (tests)")
+    g.add_argument("--attach", default=d.attach, choices=["map", "pooled"], help="where the box head attaches (default %(default)s)")
+    g.add_argument("--per-class", action="store_true", help="one box per class (C x 4) instead of one class-agnostic box")
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels, 0 = the backbone's own")
+    g = parser.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="stage 1 epochs: heads on the frozen backbone (default %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate (default %(default)s)")
+    g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: whole network, 0 = none (default %(default)s)")
+    g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES, help="learning-rate decay within each stage")
+    g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
+    g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss (default %(default)s)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
+    g.add_argument("--no-cache-flip", dest="cache_flip", action="store_false", help="stage 1 caches only the unflipped view")
+    g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")
+    g.add_argument("--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt")
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
+    config.datasets = [str(p) for p in config.datasets]
+    config.val = [str(p) for p in (config.val or [])]
+    config.validate()
+    return config
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write JSON atomically, so a killed run never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

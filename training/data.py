@@ -1,0 +1,264 @@
+"""Training data: records -> decoded images in memory -> network inputs.
+
+Every image is decoded once (``clsloc.images.decode_image``, EXIF applied) and
+kept in memory twice:
+
+* ``fixed``: resized to the network input by the model's
+  ``clsloc.preprocess.Preprocessing`` — exactly what export and serving feed
+  the network. Validation and the cached stage-1 features use this view.
+* ``large``: a copy no larger than ``AUGMENT_SIDE_FACTOR`` x the input, for
+  augmentation (crops need pixels to spare). Augmented images go through the
+  same ``Preprocessing`` at the end, so normalization has one definition.
+
+Boxes travel as ``tv_tensors.BoundingBoxes`` through ``transforms.v2``, so a
+flip or crop moves the box with the pixels. The crop never cuts the target
+object: it always contains the whole target box.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from clsloc.datasets import Record, load_dataset, stratified_split
+from clsloc.images import decode_image
+from clsloc.preprocess import Preprocessing
+
+log = logging.getLogger("clsloc.train")
+
+AUGMENT_SIDE_FACTOR = 1.5
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on (one class, train/val class sets that differ, ...)."""
+
+
+# -- loading and splitting ------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    train: list[Record]
+    val: list[Record]
+    classes: list[str]
+    skipped: int  # records the dataset check left out (problems), all sources together
+
+
+def load_records(paths: list[str], policy: str, *, role: str = "training") -> tuple[list[Record], list[str], int]:
+    """Load datasets, log every problem with a count (never silently), return (records, classes, n_problems)."""
+    dataset = load_dataset([str(p) for p in paths], policy=policy)
+    problems = list(dataset.problems)
+    skipped = [p for p in problems if getattr(p, "skipped", True)]
+    if problems:
+        kinds = Counter(p.kind for p in skipped)
+        log.warning(
+            "%s data: skipped %d image(s) the dataset check flagged (%s); %d other warning(s) about kept images",
+            role, len(skipped), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none",
+            len(problems) - len(skipped),
+        )
+        for problem in problems[:20]:
+            log.warning("  %s %s: %s (%s)", "skipped" if getattr(problem, "skipped", True) else "warning",
+                        problem.file, problem.kind, problem.detail)
+        if len(problems) > 20:
+            log.warning("  ... and %d more (run 'clsloc data check' for the full list)", len(problems) - 20)
+    if not dataset.records:
+        raise DataError(f"{role} data {', '.join(map(str, paths))}: no usable images ({len(problems)} problem(s))")
+    return list(dataset.records), list(dataset.classes), len(skipped)
+
+
+def check_classes(train: list[Record], val: list[Record]) -> list[str]:
+    """The sorted class list; a clear error before any training when it cannot work."""
+    train_classes = sorted({r.label for r in train})
+    if len(train_classes) < 2:
+        raise DataError(
+            f"training data has only one class ({train_classes[0] if train_classes else 'none'!r}): "
+            "classification needs at least two classes"
+        )
+    val_classes = sorted({r.label for r in val})
+    if val and set(val_classes) != set(train_classes):
+        only_train = sorted(set(train_classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(train_classes))
+        raise DataError(
+            "training and validation class sets differ: "
+            f"only in training {only_train}, only in validation {only_val}"
+        )
+    return train_classes
+
+
+def prepare_splits(datasets: list[str], val: list[str], val_split: float, seed: int, policy: str) -> Splits:
+    records, _, skipped = load_records(datasets, policy, role="training")
+    if val:
+        val_records, _, skipped_val = load_records(val, policy, role="validation")
+        skipped += skipped_val
+        train_records = records
+    else:
+        check_classes(records, [])  # one class only: say so before splitting
+        train_records, val_records = stratified_split(records, val_fraction=val_split, seed=seed)
+    classes = check_classes(train_records, val_records)
+    return Splits(list(train_records), list(val_records), classes, skipped)
+
+
+# -- decoded images in memory ---------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    fixed: np.ndarray  # uint8 (H, W, 3) at the network input size (Preprocessing.resize_image)
+    large: torch.Tensor  # uint8 (3, h, w), aspect kept, for augmentation
+    box: np.ndarray  # normalized xyxy of the training target
+
+
+class ImageStore:
+    """Decode each record once; hand out fixed and augmentable views."""
+
+    def __init__(self, preprocessing: Preprocessing, threads: int = 2):
+        self.pre = preprocessing
+        self.threads = threads
+        self._samples: dict[str, Sample] = {}
+
+    def _load(self, record: Record) -> Sample:
+        rgb = decode_image(record.image)
+        fixed = self.pre.resize_image(rgb)
+        max_side = int(AUGMENT_SIDE_FACTOR * max(self.pre.size))
+        h, w = rgb.shape[:2]
+        if max(h, w) > max_side:
+            scale = max_side / max(h, w)
+            new = (max(1, round(w * scale)), max(1, round(h * scale)))
+            rgb = np.array(Image.fromarray(rgb).resize(new, Image.Resampling.BILINEAR))
+        large = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).contiguous()
+        box = np.clip(np.asarray(record.box_normalized, dtype=np.float32), 0.0, 1.0)
+        return Sample(fixed=fixed, large=large, box=box)
+
+    def load(self, records: list[Record]) -> None:
+        todo = [r for r in records if str(r.image) not in self._samples]
+        if not todo:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:  # Pillow decodes without the GIL
+            for record, sample in zip(todo, pool.map(self._load, todo)):
+                self._samples[str(record.image)] = sample
+
+    def __getitem__(self, record: Record) -> Sample:
+        key = str(record.image)
+        if key not in self._samples:
+            self._samples[key] = self._load(record)
+        return self._samples[key]
+
+
+# -- augmentation ----------------------------------------------------------------------
+
+
+class RandomCropContaining(v2.Transform):
+    """Crop a random window that always contains the (first) box whole.
+
+    Each side of the window is drawn between ``min_scale`` x the image side and
+    the full side (so the aspect ratio jitters too), never smaller than the box;
+    its position is drawn among the windows that contain the box. Zooming in
+    on the object like this is the scale augmentation the recipe asks for,
+    without the risk of RandomIoUCrop cutting the object away.
+    """
+
+    def __init__(self, min_scale: float = 0.4, p: float = 0.8):
+        super().__init__()
+        self.min_scale = min_scale
+        self.p = p
+
+    def make_params(self, flat_inputs: list) -> dict:
+        boxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
+        height, width = boxes.canvas_size
+        if torch.rand(()) >= self.p:
+            return {"top": 0, "left": 0, "height": height, "width": width}
+        x1, y1, x2, y2 = [float(v) for v in boxes.reshape(-1, 4)[0]]
+        x1, x2 = max(0.0, min(x1, x2)), min(float(width), max(x1, x2))
+        y1, y2 = max(0.0, min(y1, y2)), min(float(height), max(y1, y2))
+
+        def window(size: int, lo: float, hi: float) -> tuple[int, int]:
+            need = max(1, math.ceil(hi) - math.floor(lo))
+            scale = self.min_scale + (1.0 - self.min_scale) * float(torch.rand(()))
+            length = min(size, max(need, round(scale * size)))
+            start_min = max(0, math.ceil(hi) - length)
+            start_max = min(math.floor(lo), size - length)
+            if start_max < start_min:
+                return 0, size
+            start = start_min + int(torch.randint(start_max - start_min + 1, ()))
+            return start, length
+
+        left, w = window(width, x1, x2)
+        top, h = window(height, y1, y2)
+        return {"top": top, "left": left, "height": h, "width": w}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def train_transform() -> v2.Compose:
+    """Flip, crop that keeps the object, colour. Resizing/normalizing is Preprocessing's job."""
+    return v2.Compose(
+        [
+            RandomCropContaining(min_scale=0.4, p=0.8),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
+        ]
+    )
+
+
+def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one sample: -> (RGB uint8 HWC of any size, normalized xyxy box in it)."""
+    _, h, w = sample.large.shape
+    box_px = torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32)).reshape(1, 4)
+    image = tv_tensors.Image(sample.large)
+    boxes = tv_tensors.BoundingBoxes(box_px, format="XYXY", canvas_size=(h, w))
+    image, boxes = transform(image, boxes)
+    out_h, out_w = boxes.canvas_size
+    box = boxes.reshape(4).numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32)
+    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    return rgb, np.clip(box, 0.0, 1.0).astype(np.float32)
+
+
+# -- torch datasets -------------------------------------------------------------------
+
+
+class FixedDataset(torch.utils.data.Dataset):
+    """Records as the exported model sees them: Preprocessing of the decoded image."""
+
+    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], flip: bool = False):
+        self.records, self.store, self.class_index, self.flip = records, store, class_index, flip
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        sample = self.store[record]
+        rgb, box = sample.fixed, sample.box
+        if self.flip:  # mirrored view for the cached stage-1 features
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+            box = np.array([1.0 - box[2], box[1], 1.0 - box[0], box[3]], dtype=np.float32)
+        x = torch.from_numpy(self.store.pre.normalize(rgb))
+        return x, self.class_index[record.label], torch.from_numpy(box)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training records with fresh augmentation every epoch."""
+
+    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], transform=None):
+        self.records, self.store, self.class_index = records, store, class_index
+        self.transform = transform or train_transform()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        rgb, box = augment(self.store[record], self.transform)
+        x = torch.from_numpy(self.store.pre(rgb))  # the same resize + normalize as serving
+        return x, self.class_index[record.label], torch.from_numpy(box)

@@ -1,0 +1,240 @@
+"""One epoch of training, evaluation, and the frozen-feature cache.
+
+In the style of torchvision's ``references/``: plain functions over a model,
+a loader and an optimizer. The model is a ``models.ClsLocNet``:
+``forward_features`` (backbone) and ``forward_heads`` (heads) are called
+separately so stage 1 can train the heads on features computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+from tqdm import tqdm
+
+from clsloc.boxes import denormalize_boxes, paired_iou
+from clsloc.metrics import evaluate_records
+from models import select_boxes
+
+# -- loss ------------------------------------------------------------------------------
+
+
+def target_boxes(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, K, 4) -> (N, 4) for the loss: a per-class head is trained on its TRUE class's row."""
+    if boxes.shape[1] == 1:
+        return boxes[:, 0]
+    return boxes.gather(1, labels.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mse":  # the lecture's L2 on normalized corners
+        return F.mse_loss(pred, target)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=0.05)
+    if kind == "giou":
+        # GIoU needs x1 <= x2; sort each pair so any head output is a valid box.
+        pred = torch.stack([torch.minimum(pred[:, 0], pred[:, 2]), torch.minimum(pred[:, 1], pred[:, 3]),
+                            torch.maximum(pred[:, 0], pred[:, 2]), torch.maximum(pred[:, 1], pred[:, 3])], dim=1)
+        return generalized_box_iou_loss(pred, target, reduction="mean")
+    raise ValueError(f"unknown box loss {kind!r}")
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    cls: torch.Tensor
+    box: torch.Tensor
+
+
+def compute_loss(logits, boxes, labels, targets, *, box_kind: str, box_weight: float) -> LossParts:
+    cls = F.cross_entropy(logits.float(), labels)
+    box = box_loss(target_boxes(boxes.float(), labels), targets.float(), box_kind)
+    return LossParts(cls + box_weight * box, cls, box)
+
+
+def l2_penalty(params) -> torch.Tensor:
+    """0.5 * sum of squared weights: the lecture's regularization term, for the sanity check."""
+    return 0.5 * sum((p.float() ** 2).sum() for p in params)
+
+
+# -- update / weight ratio -------------------------------------------------------------
+
+
+class UpdateRatio:
+    """||update|| / ||weights|| per parameter group (the lecture wants about 1e-3)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.sums = [0.0] * len(optimizer.param_groups)
+        self.count = 0
+        self._before: list[list[torch.Tensor]] | None = None
+
+    def before_step(self) -> None:
+        self._before = [[p.detach().clone() for p in g["params"]] for g in self.optimizer.param_groups]
+
+    def after_step(self) -> None:
+        for i, (group, before) in enumerate(zip(self.optimizer.param_groups, self._before)):
+            upd = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(group["params"], before)))
+            norm = math.sqrt(sum(float((b ** 2).sum()) for b in before))
+            self.sums[i] += upd / max(norm, 1e-12)
+        self.count += 1
+        self._before = None
+
+    def means(self) -> dict[str, float]:
+        names = [g.get("name", f"group{i}") for i, g in enumerate(self.optimizer.param_groups)]
+        return {n: s / max(self.count, 1) for n, s in zip(names, self.sums)}
+
+
+# -- one epoch ----------------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    cls_loss: float = 0.0
+    box_loss: float = 0.0
+    accuracy: float = 0.0
+    mean_iou: float = 0.0
+    first_loss: float = float("nan")  # loss of the first batch (tune's explosion check)
+    aborted: bool = False  # a batch loss was NaN or above abort_above
+    update_ratio: dict = field(default_factory=dict)
+    n: int = 0
+    seconds: float = 0.0
+
+
+def train_one_epoch(
+    forward,
+    loader,
+    optimizer,
+    *,
+    box_kind: str,
+    box_weight: float,
+    device: torch.device,
+    scaler=None,
+    scheduler=None,
+    desc: str = "train",
+    progress: bool = True,
+    abort_above: float | None = None,
+) -> EpochStats:
+    """Train over ``loader`` once. ``forward(x) -> (logits, boxes)`` is either the
+    whole network (x = images) or only its heads (x = cached features).
+    ``abort_above``: stop the epoch as soon as a batch loss exceeds it or is NaN."""
+    import time
+
+    start = time.perf_counter()
+    stats = EpochStats()
+    ratio = UpdateRatio(optimizer)
+    sums = np.zeros(3)
+    correct = seen = 0
+    iou_sum = 0.0
+    use_amp = scaler is not None
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    for x, labels, targets in bar:
+        x = x.to(device, non_blocking=True)
+        if x.dim() == 4 and device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels, targets = labels.to(device), targets.to(device)
+        with torch.autocast(device.type, enabled=use_amp):
+            logits, boxes = forward(x)
+            parts = compute_loss(logits, boxes, labels, targets, box_kind=box_kind, box_weight=box_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(parts.total.detach())
+        if seen == 0:
+            stats.first_loss = loss_value
+        if not math.isfinite(loss_value) or (abort_above is not None and loss_value > abort_above):
+            stats.aborted = True  # exploding: the caller decides what to do
+            stats.loss = loss_value
+            break
+        ratio.before_step()
+        if use_amp:
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            parts.total.backward()
+            optimizer.step()
+        ratio.after_step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(labels)
+        sums += n * np.array([loss_value, float(parts.cls.detach()), float(parts.box.detach())])
+        with torch.no_grad():
+            correct += int((logits.argmax(1) == labels).sum())
+            pred = select_boxes(logits, boxes).float().cpu().numpy()
+            iou_sum += float(paired_iou(pred, targets.cpu().numpy()).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    bar.close()
+    stats.n = seen
+    if seen and not stats.aborted:
+        stats.loss, stats.cls_loss, stats.box_loss = (sums / seen).tolist()
+        stats.accuracy = correct / seen
+        stats.mean_iou = iou_sum / seen
+    stats.update_ratio = ratio.means()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(forward, loader, device: torch.device, *, amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (logits (N, C), selected boxes (N, 4) normalized xyxy, mean loss inputs unused)."""
+    all_logits, all_boxes, all_raw = [], [], []
+    for x, _, _ in loader:
+        x = x.to(device, non_blocking=True)
+        if x.dim() == 4 and device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=amp):
+            logits, boxes = forward(x)
+        all_logits.append(logits.float().cpu())
+        all_boxes.append(select_boxes(logits, boxes).float().cpu())
+        all_raw.append(boxes.float().cpu())
+    return torch.cat(all_logits).numpy(), torch.cat(all_boxes).numpy(), torch.cat(all_raw).numpy()
+
+
+def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_weight: float, amp: bool = False) -> dict:
+    """Validation report from ``clsloc.metrics`` (the one definition), plus the validation loss."""
+    logits, boxes, raw = predict(forward, loader, device, amp=amp)
+    labels = torch.tensor([classes.index(r.label) for r in records])
+    targets = torch.from_numpy(np.stack([np.asarray(r.box_normalized, dtype=np.float32) for r in records]))
+    parts = compute_loss(torch.from_numpy(logits), torch.from_numpy(raw), labels, targets,
+                         box_kind=box_kind, box_weight=box_weight)
+    pred_labels = [classes[i] for i in logits.argmax(1)]
+    boxes_px = np.stack([denormalize_boxes(np.clip(b, 0, 1), r.width, r.height) for b, r in zip(boxes, records)])
+    report = evaluate_records(records, pred_labels, boxes_px, classes)
+    report["loss"] = float(parts.total)
+    return report
+
+
+# -- frozen-feature cache ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def compute_features(model, loader, device: torch.device, *, desc: str = "features", progress: bool = True,
+                     amp: bool = False) -> torch.utils.data.TensorDataset:
+    """Run the frozen backbone once over ``loader``: -> TensorDataset(features, labels, boxes)."""
+    model.eval()
+    feats, labels, boxes = [], [], []
+    for x, y, b in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        x = x.to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=amp):
+            f = model.forward_features(x)
+        feats.append(f.float().contiguous().cpu())
+        labels.append(torch.as_tensor(y))
+        boxes.append(torch.as_tensor(b))
+    return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels), torch.cat(boxes))
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(trainable)

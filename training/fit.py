@@ -1,0 +1,386 @@
+"""The two-stage training recipe, from records to a run directory.
+
+Stage 1 trains the heads on the frozen backbone. Its inputs never change
+(no augmentation needs them fresh), so the backbone runs ONCE over every
+image — and, with ``cache_flip``, over its mirror image — and the heads train
+on those cached features: dozens of epochs cost what one epoch of the full
+network would.
+
+Stage 2 (optional) fine-tunes the whole network at a lower rate on freshly
+augmented images, starting from the best stage-1 weights.
+
+Both stages: per-step learning-rate decay, early stopping on a validation
+metric, ``best.pt``/``last.pt`` after every epoch, one line per epoch on the
+console and in ``metrics.jsonl``. Every epoch reseeds every RNG from
+(seed, stage, epoch), so ``--resume`` replays the rest of a killed run
+exactly as the unbroken run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clsloc.datasets import fingerprint
+from training import distributed
+from training.checkpoint import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    load_checkpoint,
+    save_checkpoint,
+    write_split,
+)
+from training.config import TrainConfig, write_json
+from training.data import AugmentedDataset, FixedDataset, ImageStore, Splits
+from training.engine import compute_features, evaluate, set_backbone_trainable, train_one_epoch
+
+RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2  # a decade either side of the lecture's ~1e-3
+
+
+def say(*args) -> None:
+    if distributed.is_main():
+        print(*args, flush=True)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return (seed * 1_000_003 + stage * 10_007 + epoch) % 2**31
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        return torch.device("cuda", distributed.local_rank() if distributed.is_distributed() else 0)
+    return torch.device("cpu")
+
+
+class Heads(nn.Module):
+    """The heads alone, as a module (so DDP can wrap stage 1)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model.forward_heads(features)
+
+
+def better(value: float, best: float | None, monitor: str) -> bool:
+    if best is None or not math.isfinite(best):
+        return math.isfinite(value)
+    return value < best - 1e-9 if monitor == "loss" else value > best + 1e-9
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
+    """Per-step decay over the stage: cosine (default), step (x0.1 at 2/3), or none."""
+    total = max(1, total_steps)
+    if config.lr_schedule == "cosine":
+        fn = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    elif config.lr_schedule == "step":
+        fn = lambda step: 0.1 if step >= 2 * total // 3 else 1.0  # noqa: E731
+    else:
+        fn = lambda step: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path | None
+    metrics: dict  # final validation report of the best model
+    history: list[dict]
+    best: dict
+    seconds: float
+
+
+class FeatureCache:
+    """Frozen-backbone features per (record, view), shared by stages, folds and trials."""
+
+    def __init__(self):
+        self._cache: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def dataset(self, model, records, store, class_index, device, *, flip=False, amp=False, progress=True, desc=""):
+        todo = [r for r in records if (str(r.image), flip) not in self._cache]
+        if todo:
+            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, flip=flip), batch_size=32)
+            ds = compute_features(model, loader, device, desc=desc, amp=amp, progress=progress)
+            for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
+                self._cache[(str(r.image), flip)] = (f.clone(), b.clone())
+        feats = torch.stack([self._cache[(str(r.image), flip)][0] for r in records])
+        boxes = torch.stack([self._cache[(str(r.image), flip)][1] for r in records])
+        labels = torch.tensor([class_index[r.label] for r in records])
+        return torch.utils.data.TensorDataset(feats, labels, boxes)
+
+
+def resolved_config(config: TrainConfig, model, splits: Splits) -> dict:
+    d = config.to_dict()
+    d.update(
+        classes=list(splits.classes),
+        head={"attach": config.attach, "per_class": config.per_class},
+        preprocessing=model.preprocessing.to_dict(),
+        data_fingerprint=fingerprint(splits.train + splits.val),
+        n_train=len(splits.train),
+        n_val=len(splits.val),
+        skipped=splits.skipped,
+        torch=torch.__version__,
+    )
+    return d
+
+
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    out: str | Path | None,
+    *,
+    resume: bool = False,
+    store: ImageStore | None = None,
+    features: FeatureCache | None = None,
+    progress: bool = True,
+    log_epochs: bool = True,
+    select_best: bool = True,
+    epoch_callback=None,
+    input_size: int | None = None,
+) -> FitResult:
+    """Train per ``config`` on ``splits``; write the run to ``out`` (None: nothing written).
+
+    ``select_best=False`` keeps the last weights instead of the best validation
+    epoch (cross-validation: the held-out fold must not pick the model).
+    ``epoch_callback(stage, epoch, record) -> bool``: return True to stop
+    (tune's pruning / explosion check).
+    """
+    from models import build_model
+
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    amp = config.amp and device.type == "cuda"
+    rank_main = distributed.is_main()
+    run_dir = Path(out) if out is not None else None
+    write = run_dir is not None and rank_main
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    classes = list(splits.classes)
+    class_index = {c: i for i, c in enumerate(classes)}
+    seed_everything(config.seed)
+    model = build_model(
+        config.backbone, len(classes), attach=config.attach, per_class=config.per_class,
+        pretrained=config.pretrained, dropout=config.dropout, input_size=input_size or config_input_size(config),
+    )
+    model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # measured faster for the conv trunk on CPU
+    full_config = resolved_config(config, model, splits)
+    if write and not resume:
+        write_json(run_dir / CONFIG_FILE, full_config)
+        write_split(run_dir, splits.train, splits.val, full_config)
+        (run_dir / HISTORY_FILE).write_text("")
+
+    store = store or ImageStore(model.preprocessing)
+    features = features if features is not None else FeatureCache()
+    state = {"stage": 1, "epoch": 0, "stage_done": False, "best_value": None, "best": {}, "bad_epochs": 0, "history": []}
+    ckpt = None
+    best_weights: dict = {}  # {"model": state dict} of the best epoch so far
+    if resume:
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        state.update({k: ckpt[k] for k in state})
+        state["history"] = list(ckpt["history"])
+        if write:  # drop lines a killed run appended after its last checkpoint
+            (run_dir / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+        if (run_dir / "best.pt").exists():
+            best_weights["model"] = load_checkpoint(run_dir / "best.pt")["model"]
+        say(f"resuming {run_dir} at stage {state['stage']}, epoch {state['epoch']}")
+
+    n_steps_world = distributed.world_size()
+    per_rank_batch = max(1, config.batch_size // n_steps_world)
+    val_loader_fixed = None
+
+    def save(stage_state: dict, optimizer, scheduler, scaler) -> None:
+        if not write:
+            return
+        save_checkpoint(run_dir / "last.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            **{k: stage_state[k] for k in ("stage", "epoch", "stage_done", "best_value", "best", "bad_epochs", "history")},
+            "rng_torch": torch.get_rng_state(),
+        })
+
+    def run_stage(stage: int, epochs: int) -> None:
+        nonlocal val_loader_fixed
+        if epochs == 0 or state["stage"] > stage or (state["stage"] == stage and state["stage_done"]):
+            return
+        resuming_here = ckpt is not None and ckpt["stage"] == stage and not ckpt["stage_done"]
+        if state["stage"] < stage:
+            state.update(stage=stage, epoch=0, stage_done=False, bad_epochs=0)
+        if stage == 1:
+            set_backbone_trainable(model, False)
+            store.load(splits.train + splits.val)
+            train_sets = [features.dataset(model, splits.train, store, class_index, device, amp=amp,
+                                           progress=progress and rank_main, desc="features (train)")]
+            if config.cache_flip:
+                train_sets.append(features.dataset(model, splits.train, store, class_index, device, flip=True,
+                                                   amp=amp, progress=progress and rank_main, desc="features (mirrored)"))
+            train_set = torch.utils.data.ConcatDataset(train_sets)
+            val_set = features.dataset(model, splits.val, store, class_index, device, amp=amp,
+                                       progress=progress and rank_main, desc="features (val)")
+            trainable: nn.Module = Heads(model)
+            groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
+            base_lr = config.lr
+        else:
+            set_backbone_trainable(model, True)
+            store.load(splits.train + splits.val)
+            train_set = (AugmentedDataset(splits.train, store, class_index) if config.augment
+                         else FixedDataset(splits.train, store, class_index))
+            val_set = FixedDataset(splits.val, store, class_index)
+            trainable = model
+            groups = [
+                {"params": list(model.backbone.parameters()), "lr": config.finetune_lr, "name": "backbone"},
+                {"params": model.head_parameters(), "lr": config.finetune_lr, "name": "heads"},
+            ]
+            base_lr = config.finetune_lr
+        forward = distributed.wrap(trainable, device)
+        optimizer = make_optimizer(config, groups)
+        sampler = distributed.sampler(train_set, seed=config.seed)
+        steps = math.ceil(len(sampler if sampler is not None else train_set) / per_rank_batch)
+        scheduler = make_scheduler(config, optimizer, steps * epochs)
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        if resuming_here:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt["scaler"]:
+                scaler.load_state_dict(ckpt["scaler"])
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=64)
+        warned: set[str] = set()
+
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            generator = seed_everything(epoch_seed(config.seed, stage, epoch))
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_size=per_rank_batch, shuffle=sampler is None, sampler=sampler,
+                generator=generator, num_workers=config.workers if stage == 2 else 0,
+                drop_last=len(train_set) > per_rank_batch * n_steps_world,
+                persistent_workers=False,
+            )
+            model.train()
+            if stage == 1:
+                model.backbone.eval()  # frozen: its BatchNorm statistics stay ImageNet's
+            stats = train_one_epoch(
+                forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
+                device=device, scaler=scaler, scheduler=scheduler, progress=progress and rank_main,
+                desc=f"stage {stage} epoch {epoch}/{epochs}",
+            )
+            model.eval()
+            head_forward = model.forward_heads if stage == 1 else model
+            report = evaluate(head_forward, val_loader, splits.val, classes, device,
+                              box_kind=config.box_loss, box_weight=config.box_weight, amp=amp)
+            record = {
+                "stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": stats.loss, "train_cls_loss": stats.cls_loss, "train_box_loss": stats.box_loss,
+                "train_accuracy": stats.accuracy, "train_mean_iou": stats.mean_iou,
+                "val_loss": report["loss"], "val_accuracy": report["accuracy"], "val_mean_iou": report["mean_iou"],
+                "val_loc_accuracy": report["loc_accuracy"], "update_ratio": stats.update_ratio,
+                "seconds": round(stats.seconds, 3), "images_per_s": stats.n * n_steps_world / max(stats.seconds, 1e-9),
+            }
+            monitored = report["loss"] if config.monitor == "loss" else report[config.monitor]
+            improved = better(monitored, state["best_value"], config.monitor)
+            if improved:
+                state.update(best_value=monitored, best={"stage": stage, "epoch": epoch, config.monitor: monitored},
+                             bad_epochs=0)
+                best_weights["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if write:
+                    save_checkpoint(run_dir / "best.pt", {"model": best_weights["model"], "stage": stage,
+                                                          "epoch": epoch, "monitor": config.monitor,
+                                                          "value": monitored})
+            else:
+                state["bad_epochs"] += 1
+            record["best"] = improved
+            state["history"].append(record)
+            state["epoch"] = epoch
+            stop = config.patience and state["bad_epochs"] >= config.patience
+            if epoch_callback is not None and epoch_callback(stage, epoch, record):
+                stop = True
+            if stop or epoch == epochs:
+                state["stage_done"] = True
+            if log_epochs:
+                say(format_epoch(record, epochs))
+                for name, ratio in stats.update_ratio.items():
+                    if name not in warned and ratio > 0 and not RATIO_LOW <= ratio <= RATIO_HIGH:
+                        warned.add(name)
+                        hint = "learning rate too high?" if ratio > RATIO_HIGH else "learning rate too low?"
+                        say(f"  warning: update/weight ratio of {name} is {ratio:.1e}, far from ~1e-3 ({hint})")
+            if write:
+                with open(run_dir / HISTORY_FILE, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                save(state, optimizer, scheduler, scaler)
+            if stop:
+                if log_epochs and config.patience and state["bad_epochs"] >= config.patience:
+                    say(f"  early stop: no better val {config.monitor} for {config.patience} epochs")
+                break
+
+    run_stage(1, config.epochs)
+    if config.finetune_epochs and state["stage"] == 1 and select_best and best_weights:
+        model.load_state_dict(best_weights["model"])  # fine-tune from the best heads, not the last
+    run_stage(2, config.finetune_epochs)
+
+    if select_best and best_weights:
+        model.load_state_dict(best_weights["model"])
+    model.eval()
+    val_set = FixedDataset(splits.val, store, class_index)
+    store.load(splits.val)
+    report = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=64), splits.val, classes, device,
+                      box_kind=config.box_loss, box_weight=config.box_weight, amp=amp)
+    seconds = time.perf_counter() - started
+    metrics = {**report, "best": state["best"], "selected": "best" if select_best else "last",
+               "seconds": round(seconds, 2)}
+    if write:
+        write_json(run_dir / METRICS_FILE, metrics)
+        full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
+        write_json(run_dir / CONFIG_FILE, full_config)
+        from training.plots import plot_history
+
+        plot_history(state["history"], run_dir)
+        if not (run_dir / "best.pt").exists():
+            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "stage": state["stage"],
+                                                  "epoch": state["epoch"], "monitor": config.monitor, "value": None})
+    return FitResult(run_dir, metrics, state["history"], state["best"], seconds)
+
+
+def config_input_size(config: TrainConfig) -> int | None:
+    return config.image_size or None
+
+
+def format_epoch(r: dict, epochs: int) -> str:
+    ratios = " ".join(f"{k} {v:.1e}" for k, v in r["update_ratio"].items())
+    return (
+        f"stage {r['stage']} epoch {r['epoch']:>3}/{epochs}  loss {r['train_loss']:.4f}"
+        f" (cls {r['train_cls_loss']:.3f} box {r['train_box_loss']:.4f})"
+        f"  train acc {r['train_accuracy']:.3f} iou {r['train_mean_iou']:.3f}"
+        f" | val acc {r['val_accuracy']:.3f} iou {r['val_mean_iou']:.3f} loc {r['val_loc_accuracy']:.3f}"
+        f" loss {r['val_loss']:.4f} | upd/w {ratios} | {r['seconds']:.1f}s{' *' if r['best'] else ''}"
+    )
