@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -61,6 +62,12 @@ _UNSUPPORTED_BRANDS = {
     b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
     b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
 }
+
+# Signatures of formats Pillow reads: a file that starts like one but will not open is damaged, not "not an image".
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"RIFF", "WebP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
 
 
 class ImageError(ValueError):
@@ -133,6 +140,9 @@ def _unidentified(stream: BinaryIO, file: str | None) -> ImageError:
         return ImageError("unsupported_format", file, f"{fmt} images are not supported; convert to JPEG or PNG")
     if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
         return ImageError("unsupported_format", file, "JPEG XL images are not supported; convert to JPEG or PNG")
+    for signature, fmt in _SIGNATURES:
+        if head.startswith(signature) and (fmt != "WebP" or head[8:12] == b"WEBP"):
+            return ImageError("truncated", file, f"starts like a {fmt} file but its header cannot be read (truncated or corrupt)")
     return ImageError("not_an_image", file, "not a recognizable image file")
 
 
@@ -143,8 +153,8 @@ def _open_header(stream: BinaryIO, file: str | None, max_pixels: int | None) -> 
         raise _unidentified(stream, file) from None
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", file, f"refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("not_an_image", file, f"unreadable image header ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+        raise _unidentified(stream, file) from None
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
