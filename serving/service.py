@@ -1,0 +1,87 @@
+"""The BentoML service: it only wires the engine, the HTTP guard and the web page.
+
+Routes: POST /predict, POST /predict_batch (adaptive batching), GET /model,
+GET / (web page), and BentoML's own /livez, /readyz, /metrics.
+Settings come from the environment (serving.settings); the model is pinned
+by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import anyio
+import bentoml
+
+from clsloc.images import ImageError
+from serving import store
+from serving.engine import Engine
+from serving.http import PREDICTIONS, ApiGuard, image_error_item, image_error_response
+from serving.settings import Settings
+from serving.webapp import web_app
+
+SETTINGS = Settings.from_env()
+# A store tag is declared as a BentoModel so `bentoml build` packs that exact model into the Bento.
+MODEL_TAG = SETTINGS.model if SETTINGS.model and store.looks_like_tag(SETTINGS.model) else None
+
+
+@bentoml.service(
+    name="clsloc",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 60},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+@bentoml.asgi_app(web_app, path="/")
+class Clsloc:
+    if MODEL_TAG:
+        stored_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        if MODEL_TAG:
+            model_dir = Path(self.stored_model.path)
+        elif SETTINGS.model:
+            model_dir = store.resolve(SETTINGS.model)
+        else:
+            raise store.ModelNotFound("no model: set CLSLOC_MODEL to a model directory or NAME:VERSION (clsloc serve does)")
+        self.engine = Engine(
+            model_dir, threads=SETTINGS.threads, max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels
+        )
+        # One inference at a time per worker: onnxruntime already uses every core it was given.
+        self.inference = anyio.CapacityLimiter(1)
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    def _answer(self, prediction) -> dict:
+        PREDICTIONS.labels(label=prediction.label).inc()
+        return {**prediction.to_dict(), "model": self.engine.model_ref}
+
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path) -> dict:
+        """One image (multipart field ``image``) -> label, score, box in pixels of the displayed image."""
+        try:
+            # Decoding runs beside inference; inference itself is serialized per worker.
+            rgb = await anyio.to_thread.run_sync(functools.partial(self.engine.decode, image, name="image"))
+        except ImageError as exc:
+            return image_error_response(exc)
+        (prediction,) = await anyio.to_thread.run_sync(self.engine.predict_arrays, [rgb], limiter=self.inference)
+        return self._answer(prediction)
+
+    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=64, max_latency_ms=2000)
+    def predict_batch(self, images: list[Path]) -> list[dict]:
+        """Several images (multipart fields ``images``) -> one result each, in request order.
+
+        BentoML merges concurrent requests into one call (adaptive batching);
+        a bad image becomes an error item and the others are still scored.
+        """
+        results = self.engine.predict_many(images, names=["uploaded image"] * len(images))
+        return [image_error_item(r) if isinstance(r, ImageError) else self._answer(r) for r in results]
+
+
+Clsloc.add_asgi_middleware(
+    ApiGuard,
+    api_key=SETTINGS.api_key,
+    limits={"/predict": SETTINGS.max_request_bytes, "/predict_batch": SETTINGS.max_batch_request_bytes},
+    protected=("/predict", "/predict_batch", "/model"),
+)

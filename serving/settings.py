@@ -1,0 +1,70 @@
+"""Service settings, read once from the environment (``clsloc serve`` sets them).
+
+=========================  ==================================================  =========
+variable                   meaning                                             default
+=========================  ==================================================  =========
+CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  (required)
+CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
+CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
+CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
+CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    unset
+CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
+CLSLOC_WORKERS             BentoML worker processes                             1
+CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
+=========================  ==================================================  =========
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from clsloc.images import DEFAULT_MAX_PIXELS
+
+from serving.engine import DEFAULT_MAX_BYTES
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = ""
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch_images: int = 64
+    api_key: str | None = None
+    threads: int | None = None
+    workers: int = 1
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Body limit of /predict: one image plus room for the multipart envelope."""
+        return self.max_bytes + 64 * 1024
+
+    @property
+    def max_batch_request_bytes(self) -> int:
+        return self.max_bytes * min(self.max_batch_images, 8) + 64 * 1024
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        return cls(
+            model=env.get("CLSLOC_MODEL", "").strip(),
+            max_bytes=_int(env, "CLSLOC_MAX_BYTES", DEFAULT_MAX_BYTES),
+            max_pixels=_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            max_batch_images=_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
+            api_key=env.get("CLSLOC_API_KEY") or None,
+            threads=_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
+            workers=_int(env, "CLSLOC_WORKERS", 1),
+        )

@@ -1,0 +1,79 @@
+// The clsloc web page: send one image to POST /predict, show label, score and box over the image.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function showModel() {
+  try {
+    const response = await fetch("/model");
+    const model = await response.json();
+    $("model-line").textContent = response.ok
+      ? `${model.name}:${model.version} — classes: ${model.classes.join(", ")}`
+      : `model unavailable: ${model.detail || model.error}`;
+  } catch (err) {
+    $("model-line").textContent = `model unavailable: ${err}`;
+  }
+}
+
+// The API's box is in pixels of the image as displayed (EXIF applied): the browser
+// shows images EXIF-rotated too, so scale by rendered size / reported size.
+function placeBox(result) {
+  const photo = $("photo");
+  const sx = photo.clientWidth / result.width;
+  const sy = photo.clientHeight / result.height;
+  const box = $("box");
+  box.style.left = `${result.box.x * sx}px`;
+  box.style.top = `${result.box.y * sy}px`;
+  box.style.width = `${result.box.w * sx}px`;
+  box.style.height = `${result.box.h * sy}px`;
+  box.dataset.x = result.box.x; box.dataset.y = result.box.y;
+  box.dataset.w = result.box.w; box.dataset.h = result.box.h;
+}
+
+async function predict(file) {
+  $("status").className = "";
+  $("status").textContent = `scoring ${file.name}…`;
+  $("result").hidden = true;
+  const form = new FormData();
+  form.append("image", file, file.name);
+  let response, body;
+  try {
+    response = await fetch("/predict", { method: "POST", body: form });
+    body = await response.json();
+  } catch (err) {
+    $("status").className = "error";
+    $("status").textContent = `request failed: ${err}`;
+    return;
+  }
+  if (!response.ok) {
+    $("status").className = "error";
+    $("status").textContent = `${response.status} ${body.error}: ${body.detail}`;
+    return;
+  }
+  window.lastResult = body;
+  const photo = $("photo");
+  photo.onload = () => {
+    $("result").hidden = false;
+    placeBox(body);
+    $("status").textContent = "done";
+    document.body.dataset.state = "done";
+  };
+  $("label").textContent = body.label;
+  $("score").textContent = `${(body.score * 100).toFixed(1)}%`;
+  const b = body.box;
+  $("box-text").textContent =
+    `box x=${b.x.toFixed(0)} y=${b.y.toFixed(0)} w=${b.w.toFixed(0)} h=${b.h.toFixed(0)} in a ${body.width}×${body.height} image`;
+  photo.src = URL.createObjectURL(file);
+}
+
+$("file").addEventListener("change", (e) => { if (e.target.files[0]) predict(e.target.files[0]); });
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) predict(e.dataTransfer.files[0]);
+});
+window.addEventListener("resize", () => { if (!$("result").hidden && window.lastResult) placeBox(window.lastResult); });
+showModel();
