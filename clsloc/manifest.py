@@ -50,7 +50,12 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if not self.classes or len(set(self.classes)) != len(self.classes):
+        if (
+            not isinstance(self.classes, (list, tuple))
+            or not all(isinstance(c, str) and c for c in self.classes)
+            or not self.classes
+            or len(set(self.classes)) != len(self.classes)
+        ):
             raise ManifestError(f"classes must be a non-empty list of unique names, got {self.classes!r}")
         if self.box_format != BOX_FORMAT:
             raise ManifestError(f"box_format {self.box_format!r} is not supported (known: {BOX_FORMAT!r})")

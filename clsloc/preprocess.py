@@ -50,6 +50,10 @@ class Preprocessing:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be (height, width) of positive ints, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0 or float(self.scale) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std and scale > 0 (got mean={self.mean}, std={self.std}, scale={self.scale})")
 
     # -- the two steps -------------------------------------------------------
     def resize_image(self, rgb: np.ndarray) -> np.ndarray:
