@@ -179,10 +179,11 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
             warnings.warn(warning.message, stacklevel=2)
     width, height = int(size[0]), int(size[1])
     if unreadable is None and min(declared) > 0 and declared != (width, height):
+        rotated = " (swapped: EXIF rotation? the boxes may have been drawn on the unrotated image)" if declared == (height, width) else ""
         out.problems.append(Problem(
             image_file, "size_mismatch",
-            f"annotation {raw.annotation} says {declared[0]}x{declared[1]}, the image is {width}x{height}; "
-            "boxes are taken as given and clipped to the image", skipped=False,
+            f"annotation {raw.annotation} says {declared[0]}x{declared[1]}, the image as displayed is {width}x{height}"
+            f"{rotated}; boxes are taken as given and clipped to the image", skipped=False,
         ))
 
     objects: list[GroundTruth] = []

@@ -5,8 +5,9 @@ size), so the real image size is read from each image. Class names come from
 ``data.yaml`` (``names:`` as a list or an ``{id: name}`` mapping) or from
 ``classes.txt`` / ``obj.names`` (one name per line, line number = id).
 
-Images are found the Ultralytics way: the label path with ``labels`` replaced
-by ``images`` and an image extension; else next to the label file; else by
+Label files live in ``labels/`` (any depth) or ``SPLIT/labels/`` (Roboflow's
+export), or beside the images. Images are found the Ultralytics way: the label
+path with ``labels`` replaced by ``images`` and an image extension; else next to the label file; else by
 stem anywhere in the dataset folder. A line with more than 5 values is a
 segmentation polygon (``class x1 y1 x2 y2 ...``): its bounding box is used.
 Images without a label file are background images: reported, left out.
@@ -32,10 +33,17 @@ def _names_file(root: Path) -> Path | None:
     return None
 
 
+def _label_folders(root: Path) -> list[Path]:
+    """Every folder named ``labels`` (``labels/``, ``labels/train/``, Roboflow's ``train/labels/``)."""
+    folders = [root / "labels"] if (root / "labels").is_dir() else []
+    folders += [d for d in sorted(root.glob("*/labels")) if d.is_dir()]
+    return folders
+
+
 def looks_like_yolo(root: Path) -> bool:
     if not root.is_dir() or _names_file(root) is None:
         return False
-    return (root / "labels").is_dir() or any(p.name not in TEXT_NAMES for p in root.glob("*.txt"))
+    return bool(_label_folders(root)) or any(p.name not in TEXT_NAMES for p in root.glob("*.txt"))
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -114,8 +122,9 @@ def read_yolo(path: Path) -> list[RawAnnotation | Problem]:
     names = read_class_names(names_file)
 
     index = ImageIndex([root], recursive=True)
-    if (root / "labels").is_dir():
-        label_files = sorted(p for p in (root / "labels").rglob("*.txt") if p.name not in TEXT_NAMES)
+    label_folders = _label_folders(root)
+    if label_folders:
+        label_files = sorted(p for folder in label_folders for p in folder.rglob("*.txt") if p.name not in TEXT_NAMES)
     else:  # flat layout: a .txt is a label file only beside an image of the same stem (not train.txt, README.txt)
         label_files = sorted(p for p in root.rglob("*.txt") if p.name not in TEXT_NAMES and index.find(p.stem))
 

@@ -109,6 +109,20 @@ def test_yolo_flat_layout_with_classes_txt_and_polygon(tmp_path, write_image):
     assert record.label == "dog" and record.box == pytest.approx((20, 20, 100, 90))
 
 
+def test_yolo_roboflow_layout(tmp_path, write_image):
+    root = tmp_path / "rf"
+    for split, stem in (("train", "t"), ("valid", "v")):
+        write_image(root / split / "images" / f"{stem}.jpg", 50, 50)
+        (root / split / "labels").mkdir(parents=True)
+        (root / split / "labels" / f"{stem}.txt").write_text(f"{int(split == 'valid')} 0.5 0.5 0.4 0.4\n")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\nnames: ['cat', 'dog']\n")
+    assert detect_format(root)[0] == "yolo"
+    data = load_dataset(root)
+    assert data.problems == []
+    assert {r.image.name: r.label for r in data.records} == {"t.jpg": "cat", "v.jpg": "dog"}
+    assert data.records[0].box == pytest.approx((15, 15, 35, 35))
+
+
 def test_yolo_bad_names_file(tmp_path, write_image):
     root = tmp_path / "y"
     write_image(root / "images" / "a.jpg")
