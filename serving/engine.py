@@ -113,7 +113,11 @@ def create_session(model_path: str | Path, *, threads: int | None = None, requir
         raise EngineError(f"{model_path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
     in_use = session.get_providers()
     # onnxruntime falls back to CPU silently when CUDA cannot load: say what is really used.
-    log.warning("onnxruntime %s: providers in use %s (requested %s)", ort.__version__, in_use, wanted)
+    fell_back = in_use[0] != wanted[0]
+    (log.warning if fell_back else log.info)(
+        "onnxruntime %s: providers in use %s (requested %s)%s",
+        ort.__version__, in_use, wanted, " -- CUDA did not load, running on CPU" if fell_back else "",
+    )
     if require_gpu and CUDA not in in_use:
         raise EngineError(f"CLSLOC_REQUIRE_GPU is set but the CUDA provider did not load (in use: {in_use})")
     return session

@@ -12,6 +12,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from clsloc.images import ImageError
+from serving.settings import Settings
 
 # ImageError.kind -> HTTP status
 STATUS = {
@@ -56,10 +57,12 @@ class ApiGuard:
     memory nor a temporary file.
     """
 
-    def __init__(self, app, *, api_key: str | None, limits: dict[str, int], protected: tuple[str, ...]):
+    def __init__(self, app, *, protected: tuple[str, ...], settings: Settings | None = None):
+        settings = settings or Settings.from_env()
         self.app = app
-        self.api_key = api_key
-        self.limits = limits  # path -> max Content-Length
+        self.api_key = settings.api_key
+        # path -> max Content-Length
+        self.limits = {"/predict": settings.max_request_bytes, "/predict_batch": settings.max_batch_request_bytes}
         self.protected = protected
 
     async def __call__(self, scope, receive, send):

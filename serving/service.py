@@ -21,14 +21,16 @@ from serving.http import PREDICTIONS, ApiGuard, image_error_item, image_error_re
 from serving.settings import Settings
 from serving.webapp import web_app
 
-SETTINGS = Settings.from_env()
+# Read at import only for what BentoML needs at class definition (workers, the packed model);
+# the rest is read when a worker starts (Clsloc.__init__, ApiGuard).
+_IMPORT_SETTINGS = Settings.from_env()
 # A store tag is declared as a BentoModel so `bentoml build` packs that exact model into the Bento.
-MODEL_TAG = SETTINGS.model if SETTINGS.model and store.looks_like_tag(SETTINGS.model) else None
+MODEL_TAG = _IMPORT_SETTINGS.model if store.looks_like_tag(_IMPORT_SETTINGS.model) else None
 
 
 @bentoml.service(
     name="clsloc",
-    workers=SETTINGS.workers,
+    workers=_IMPORT_SETTINGS.workers,
     traffic={"timeout": 60},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
@@ -38,14 +40,15 @@ class Clsloc:
         stored_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        if MODEL_TAG:
+        settings = Settings.from_env()
+        if MODEL_TAG and settings.model == MODEL_TAG:
             model_dir = Path(self.stored_model.path)
-        elif SETTINGS.model:
-            model_dir = store.resolve(SETTINGS.model)
+        elif settings.model:
+            model_dir = store.resolve(settings.model)
         else:
             raise store.ModelNotFound("no model: set CLSLOC_MODEL to a model directory or NAME:VERSION (clsloc serve does)")
         self.engine = Engine(
-            model_dir, threads=SETTINGS.threads, max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels
+            model_dir, threads=settings.threads, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels
         )
         # One inference at a time per worker: onnxruntime already uses every core it was given.
         self.inference = anyio.CapacityLimiter(1)
@@ -79,9 +82,4 @@ class Clsloc:
         return [image_error_item(r) if isinstance(r, ImageError) else self._answer(r) for r in results]
 
 
-Clsloc.add_asgi_middleware(
-    ApiGuard,
-    api_key=SETTINGS.api_key,
-    limits={"/predict": SETTINGS.max_request_bytes, "/predict_batch": SETTINGS.max_batch_request_bytes},
-    protected=("/predict", "/predict_batch", "/model"),
-)
+Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model"))

@@ -1,0 +1,120 @@
+"""``clsloc serve [MODEL] [--host H] [--port P] [--workers N]``.
+
+MODEL is an exported model directory or a BentoML store tag (default
+``clsloc-default``). A bare name is pinned to its newest version once, here,
+and the workers get that exact tag: a running deployment never follows
+``:latest``. When the store has no ``clsloc-default`` yet, one is made on
+synthetic data (``clsloc data synth`` -> ``clsloc train`` -> ``clsloc export
+--bentoml``), which is the only path here that needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "clsloc-default"
+# The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes.
+DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
+        help=f"model directory or BentoML store tag NAME[:VERSION] (default {DEFAULT_MODEL}, made on first use)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=3000, help="port (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (default: CPUs / workers)")
+    parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
+
+
+def _clsloc(*args: str) -> None:
+    """Run one clsloc command in a child process, its progress shown as it goes."""
+    command = [sys.executable, "-m", "clsloc.cli", *args]
+    print(f"$ clsloc {' '.join(args)}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) -> str:
+    """Synthetic data -> short training -> export into the store. Returns the pinned tag."""
+    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    print(f"no {name!r} model in the BentoML store yet: making one on synthetic data (a few minutes on a small CPU)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="clsloc-default-") as tmp:
+        synth, run, out = Path(tmp, "synth"), Path(tmp, "run"), Path(tmp, "model")
+        _clsloc("data", "synth", str(synth), "--images", str(recipe["images"]), "--classes", str(recipe["classes"]))
+        train = ["train", str(synth), "--out", str(run), "--epochs", str(recipe["epochs"]), "--finetune-epochs", "0"]
+        if recipe.get("image_size"):
+            train += ["--image-size", str(recipe["image_size"])]
+        _clsloc(*train)
+        _clsloc("export", str(run), "--out", str(out), "--bentoml", name)
+    from serving import store
+
+    tag = store.latest_tag(name)
+    if tag is None:
+        raise RuntimeError(f"export finished but {name!r} is not in the BentoML store")
+    print(f"made {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def resolve_model(ref: str, *, create_default: bool = True) -> str:
+    """MODEL argument -> an absolute model directory or a pinned NAME:VERSION tag."""
+    from serving import store
+
+    if store.is_model_dir(ref):
+        return str(Path(ref).resolve())
+    if not store.looks_like_tag(ref):
+        raise store.ModelNotFound(f"{ref}: not a model directory (expected model.onnx and manifest.json)")
+    name, version = store.split_tag(ref)
+    if version and version != "latest":
+        store.store_path(ref)  # raises ModelNotFound with the store's location
+        return ref
+    tag = store.latest_tag(name)
+    if tag is not None:
+        return tag
+    if create_default and name == DEFAULT_MODEL:
+        return create_default_model(name)
+    raise store.ModelNotFound(
+        f"no model {name!r} in the BentoML store ({store.store_home()}); "
+        f"export one with: clsloc export RUN_DIR --out MODEL_DIR --bentoml {name}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    from serving.store import ModelNotFound
+
+    try:
+        model = resolve_model(args.model)
+    except ModelNotFound as exc:
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"clsloc serve: making the default model failed ({exc})", file=sys.stderr)
+        return 1
+    if args.workers < 1:
+        print(f"clsloc serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["CLSLOC_MODEL"] = model  # pinned: a directory or NAME:VERSION
+    os.environ["CLSLOC_WORKERS"] = str(args.workers)
+    os.environ["CLSLOC_THREADS"] = str(args.threads or max(1, cpus // args.workers))
+    if args.max_bytes:
+        os.environ["CLSLOC_MAX_BYTES"] = str(args.max_bytes)
+    print(f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
+          f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)", flush=True)
+
+    import bentoml
+
+    import serving
+
+    working_dir = str(Path(serving.__file__).resolve().parent.parent)
+    bentoml.serve("serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True)
+    return 0
