@@ -120,7 +120,8 @@ def _open_stream(source, file: str | None, max_bytes: int | None) -> BinaryIO:
             raise ImageError("too_large", file, f"file is {size} bytes, more than the limit of {max_bytes}")
         return open(path, "rb")
     elif hasattr(source, "read"):
-        data = source.read()
+        # With a byte limit, read one byte past it and stop: an endless upload never sits in memory whole.
+        data = source.read() if max_bytes is None else source.read(max_bytes + 1)
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"file object must be opened in binary mode, read() returned {type(data).__name__}")
     else:

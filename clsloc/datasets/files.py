@@ -15,10 +15,6 @@ from pathlib import Path
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-
-
 def base_name(name: str) -> str:
     """The file name part of a path written on any OS."""
     return re.split(r"[\\/]", name.strip())[-1]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from clsloc.datasets.files import IMAGE_EXTENSIONS, ImageIndex
+from clsloc.datasets.files import ImageIndex
 from clsloc.datasets.records import Problem, RawAnnotation
 
 PREFERRED_IMAGE_FOLDERS = ("JPEGImages", "images", "Images", "imgs", "img")
@@ -103,6 +103,3 @@ def read_voc(root: Path) -> list[RawAnnotation | Problem]:
     folders = xml_folders(root)
     index = image_index(root, folders)
     return [parse_voc_xml(xml, index) for folder in folders for xml in sorted(folder.glob("*.xml"))]
-
-
-__all__ = ["read_voc", "looks_like_voc", "parse_voc_xml", "IMAGE_EXTENSIONS"]

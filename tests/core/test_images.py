@@ -153,6 +153,10 @@ def test_limits_and_missing(tmp_path):
         decode_image(data, max_bytes=10)
     assert info.value.kind == "too_large"
     with pytest.raises(ImageError) as info:
+        decode_image(io.BytesIO(data), max_bytes=10)
+    assert info.value.kind == "too_large"
+    assert decode_image(io.BytesIO(data), max_bytes=len(data)).shape == (100, 100, 3)
+    with pytest.raises(ImageError) as info:
         decode_image(tmp_path / "nope.jpg")
     assert info.value.kind == "missing" and "nope.jpg" in str(info.value)
     (tmp_path / "zero.jpg").write_bytes(b"")
