@@ -9,6 +9,7 @@ by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,9 @@ from serving.engine import Engine
 from serving.http import PREDICTIONS, ApiGuard, image_error_item, image_error_response
 from serving.settings import Settings
 from serving.webapp import web_app
+
+# The engine logs which onnxruntime providers are really in use (CPU fallback is silent otherwise).
+logging.getLogger("clsloc").setLevel(logging.INFO)
 
 # Read at import only for what BentoML needs at class definition (workers, the packed model);
 # the rest is read when a worker starts (Clsloc.__init__, ApiGuard).

@@ -49,8 +49,12 @@ def store_path(tag: str) -> Path:
 def latest_tag(name: str) -> str | None:
     """Newest version of ``name`` in the store (by creation time), or None."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    models = [m for m in bentoml.models.list(name) if m.tag.name == name]
+    try:
+        models = [m for m in bentoml.models.list(name) if m.tag.name == name]
+    except NotFound:
+        return None
     if not models:
         return None
     return str(max(models, key=lambda m: m.info.creation_time).tag)
