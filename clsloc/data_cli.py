@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.datasets, policy=args.policy, check_images=True, errors="report")
+    dataset = load_dataset(args.datasets, policy=args.policy, check_images=True, errors="report", progress=True)
     summary = summarize(dataset)
     if args.json:
         print(json.dumps(summary, indent=2))

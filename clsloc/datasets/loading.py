@@ -75,6 +75,7 @@ def load_dataset(
     policy: str = "largest",
     check_images: bool = True,
     errors: str = "raise",
+    progress: bool = False,
 ) -> Dataset:
     """Read and merge datasets; records with problems are left out and listed in ``problems``.
 
@@ -84,7 +85,8 @@ def load_dataset(
 
     ``errors="report"`` turns a dataset path that cannot be read at all into
     a problem (kind ``unreadable_dataset``) instead of a DatasetError, so the
-    other paths are still read (``data check`` uses it).
+    other paths are still read (``data check`` uses it). ``progress`` shows a
+    bar per dataset on stderr when it is a terminal.
     """
     if errors not in ("raise", "report"):
         raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}")
@@ -105,6 +107,11 @@ def load_dataset(
             dataset.problems.append(Problem(str(path), "unreadable_dataset", str(exc)))
             continue
         dataset.sources.append(f"{fmt}:{path}")
+        if progress:
+            from tqdm import tqdm
+
+            # disable=None: a bar on a terminal, silence in logs and pipes
+            items = tqdm(items, desc=f"reading {path}", unit="img", disable=None, leave=False)
         for item in items:
             if isinstance(item, Problem):
                 dataset.problems.append(item)

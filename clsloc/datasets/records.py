@@ -14,6 +14,12 @@ Every reader (VOC, COCO, YOLO, CSV) only parses its format into
   and reported (``bad_box``); it is never silently swapped.
 * An image with **no usable box** is reported (``empty_annotation``) and left
   out.
+* Problem kinds: ``missing_image``; the image's own error kinds from
+  :mod:`clsloc.images` (``truncated``, ``not_an_image``, ``unsupported_format``,
+  ``too_many_pixels``, ...); ``bad_exif`` (warning); ``bad_annotation`` (file
+  unparsable); ``missing_field``; ``bad_box``; ``box_outside_image``;
+  ``unknown_class``; ``empty_annotation``; ``multi_object`` (policy ``skip``);
+  ``size_mismatch`` (warning); ``unreadable_dataset`` (a whole path).
 * The **training target** of a multi-object image comes from the policy:
   ``largest`` (default: the biggest box, the "main object"; ties -> the first),
   ``first`` (annotation order), ``skip`` (multi-object images are left out
