@@ -1,0 +1,137 @@
+"""Fixtures for the serving tests: a temporary BentoML home, the oracle model, clients.
+
+BentoML reads its environment at first use, so the temporary home, the
+Prometheus directory and the tracking switch are set when this file is
+imported, before any test imports bentoml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="clsloc-serving-tests-"))
+os.environ["BENTOML_HOME"] = str(_TMP / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_TMP / "prometheus")
+(_TMP / "prometheus").mkdir()
+for _name in ("CLSLOC_API_KEY", "CLSLOC_MAX_BYTES", "CLSLOC_MAX_PIXELS", "CLSLOC_REQUIRE_GPU", "CLSLOC_WORKERS"):
+    os.environ.pop(_name, None)
+os.environ.setdefault("CLSLOC_THREADS", "1")  # tests share 2 cores with two other people's tests
+
+sys.path.insert(0, str(Path(__file__).parent))
+import oracle  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def oracle_dir() -> Path:
+    return oracle.write_oracle_model(_TMP / "oracle-model")
+
+
+@pytest.fixture
+def serving_env(monkeypatch, oracle_dir):
+    """Environment of a service serving the oracle model; tests add CLSLOC_* settings to it."""
+    monkeypatch.setenv("CLSLOC_MODEL", str(oracle_dir))
+    for name in ("CLSLOC_API_KEY", "CLSLOC_MAX_BYTES", "CLSLOC_MAX_PIXELS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _forget_bentoml_http_metrics() -> None:
+    """BentoML registers its HTTP metrics each time an app is built; one process builds several here."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    registry = BentoMLContainer.metrics_client.get().registry
+    for collector, names in list(registry._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            registry.unregister(collector)
+
+
+@pytest.fixture
+def make_client(serving_env):
+    """make_client(**CLSLOC_settings) -> TestClient over Clsloc.to_asgi() (lifespan run, always closed)."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Clsloc
+
+    with contextlib.ExitStack() as stack:
+
+        def make(**settings):
+            for key, value in settings.items():
+                serving_env.setenv(f"CLSLOC_{key.upper()}", str(value))
+            _forget_bentoml_http_metrics()
+            return stack.enter_context(TestClient(Clsloc.to_asgi()))
+
+        yield make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@contextlib.contextmanager
+def running_server(model: str, *, env: dict | None = None, log: Path | None = None):
+    """``clsloc serve MODEL`` on a free loopback port; always stopped (whole process group)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = log or (_TMP / f"server-{port}.log")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        try:
+            wait_ready(url, process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; server log:\n{log.read_text()[-3000:]}") from None
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(oracle_dir):
+    """One real BentoML server (``clsloc serve``) for the tests that need real HTTP."""
+    with running_server(str(oracle_dir)) as url:
+        yield url
