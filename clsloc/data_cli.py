@@ -1,6 +1,6 @@
 """``clsloc data check|synth``: look at a dataset before training on it, or write a synthetic one.
 
-    clsloc data check DATASET... [--json] [--policy largest|first|skip]
+    clsloc data check DATASET... [--json] [--policy largest|first|skip] [--plot PNG]
     clsloc data synth OUT [--images N] [--classes K] [--seed S]
 
 ``check`` exits 0 when training can use the data (problems are warnings that
@@ -14,7 +14,7 @@ import json
 import sys
 
 from clsloc.datasets import POLICIES, load_dataset
-from clsloc.datasets.check import format_summary, summarize
+from clsloc.datasets.check import format_summary, plot_overview, summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset folder or annotation file")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    check.add_argument("--plot", metavar="PNG", help="also write a picture: sample images with their boxes, box sizes per class")
     check.add_argument(
         "--policy", choices=POLICIES, default="largest",
         help="training target of multi-object images: largest box (default), first box, or skip the image",
@@ -49,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_check(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.datasets, policy=args.policy, check_images=True, errors="report", progress=True)
     summary = summarize(dataset)
+    if args.plot and dataset.records:
+        plot_overview(dataset, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

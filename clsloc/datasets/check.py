@@ -102,3 +102,51 @@ def format_summary(summary: dict) -> str:
     else:
         lines.append(f"verdict: NOT usable: {'; '.join(summary['reasons'])}")
     return "\n".join(lines)
+
+
+def plot_overview(dataset: Dataset, path, per_class: int = 4, seed: int = 0) -> None:
+    """A PNG to look at: a few images per class with all their boxes (the training target
+    solid, the others dashed), and the spread of box sizes per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from clsloc.images import ImageError, decode_image
+
+    classes = sorted({r.label for r in dataset.records})
+    if not classes:
+        raise ValueError("no usable images to plot")
+    rng = np.random.default_rng(seed)
+    columns = per_class + 1
+    fig, axes = plt.subplots(len(classes), columns, figsize=(2.4 * columns, 2.4 * len(classes)), squeeze=False)
+    for row, name in enumerate(classes):
+        members = [r for r in dataset.records if r.label == name]
+        picks = [members[i] for i in sorted(rng.choice(len(members), min(per_class, len(members)), replace=False))]
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(picks):
+                continue
+            record = picks[col]
+            try:
+                ax.imshow(decode_image(record.image))
+            except ImageError:
+                continue
+            for obj in record.objects:
+                x0, y0, x1, y1 = obj.box
+                target = obj.box == record.box and obj.label == record.label
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=2 if target else 1,
+                                       linestyle="-" if target else "--", edgecolor="lime" if target else "yellow"))
+            ax.set_title(f"{name}: {record.image.name}", fontsize=7)
+        sizes = [np.sqrt((o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) / (r.width * r.height))
+                 for r in members for o in r.objects if o.label == name]
+        ax = axes[row, per_class]
+        ax.hist(sizes, bins=np.linspace(0, 1, 11), color="tab:blue")
+        ax.set_title(f"{name}: box size ({len(sizes)} boxes)", fontsize=7)
+        ax.set_xlabel("sqrt(box area / image area)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

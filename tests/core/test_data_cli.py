@@ -69,3 +69,15 @@ def test_console_script_runs_without_traceback(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "classes must be between 1 and 10" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_check_plot_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "synth"
+    main(["data", "synth", str(out), "--images", "6", "--classes", "2"])
+    png = tmp_path / "overview.png"
+    assert main(["data", "check", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:  # 2 class rows x (4 samples + histogram)
+        assert image.width > image.height
