@@ -65,8 +65,11 @@ READERS = {"voc": voc.read_voc, "coco": coco.read_coco, "yolo": yolo.read_yolo, 
 
 
 def read_raw(path: str | Path) -> tuple[str, list[RawAnnotation | Problem]]:
-    fmt, target = detect_format(path)
-    return fmt, READERS[fmt](target)
+    try:
+        fmt, target = detect_format(path)
+        return fmt, READERS[fmt](target)
+    except OSError as exc:  # e.g. a folder we may not list: name it, no traceback
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc}: {exc.filename or path})") from None
 
 
 def load_dataset(
