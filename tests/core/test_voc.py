@@ -149,3 +149,29 @@ def test_undetectable_and_missing_paths(tmp_path):
         load_dataset(tmp_path / "missing")
     reported = load_dataset([tmp_path / "missing"], errors="report")
     assert [p.kind for p in reported.problems] == ["unreadable_dataset"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from clsloc.datasets.records import clean_box  # noqa: E402
+
+coordinate = st.floats(min_value=-500, max_value=1500, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.tuples(coordinate, coordinate, coordinate, coordinate), st.integers(1, 1000), st.integers(1, 1000))
+def test_clean_box_keeps_only_boxes_inside_the_image(box, width, height):
+    cleaned, kind, detail = clean_box(box, width, height)
+    if cleaned is None:
+        assert kind in ("bad_box", "box_outside_image") and "dropped" in detail
+        return
+    x0, y0, x1, y1 = cleaned
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert cleaned == (max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height))
+    overshoot_x = max(-box[0], box[2] - width, 0)
+    overshoot_y = max(-box[1], box[3] - height, 0)
+    far = overshoot_x > max(2, 0.01 * width) or overshoot_y > max(2, 0.01 * height)
+    assert (kind == "box_outside_image") == far  # reported only when clearly outside, never for rounding
+    if far:
+        assert "clipped" in detail
