@@ -1,0 +1,145 @@
+"""``clsloc export``: a real (tiny) training run -> self-contained ONNX + manifest, parity checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clsloc.manifest import Manifest
+
+pytestmark = pytest.mark.slow
+
+
+def clsloc(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clsloc.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real training run: 30 synthetic images, 64 px input, one frozen-backbone epoch."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    synth = clsloc("data", "synth", str(root / "synth"), "--images", "30", "--classes", "3", "--seed", "1")
+    assert synth.returncode == 0, synth.stderr
+    train = clsloc("train", str(root / "synth"), "--out", str(root / "run"), "--epochs", "1", "--finetune-epochs", "0",
+                   "--image-size", "64", "--threads", "1", "--quiet")
+    assert train.returncode == 0, train.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    from training.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "model"
+    manifest = export_run(tiny_run, out, log=lambda *_: None)
+    return out, manifest
+
+
+def test_export_writes_one_self_contained_onnx_and_a_manifest(exported, tiny_run):
+    import onnx
+
+    out, manifest = exported
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert [o.name for o in graph.graph.output] == ["logits", "boxes"]
+    batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    saved = Manifest.load(out)
+    assert saved.classes == config["classes"] == manifest.classes
+    assert saved.preprocessing.size == (64, 64)
+    assert saved.data_fingerprint == config["data_fingerprint"]
+    assert saved.parity["passed"] is True
+    assert saved.parity["max_abs_logit_diff"] <= 1e-4 and saved.parity["min_box_iou"] >= 0.999
+    assert saved.parity["images"] == saved.metrics["onnx"]["n"] > 0
+    for key in ("accuracy", "mean_iou", "loc_accuracy", "per_class"):
+        assert key in saved.metrics["onnx"] and key in saved.metrics["pytorch"]
+
+
+def test_exported_model_serves_any_batch_size_and_agrees_with_pytorch(exported, tiny_run):
+    import torch
+
+    from models import ExportWrapper
+    from serving.engine import Engine
+    from training.checkpoint import load_run, load_split
+
+    out, _ = exported
+    engine = Engine(out, threads=1)
+    _, val = load_split(tiny_run)
+    images = [engine.decode(r.image) for r in val[:5]]
+    batch = engine.preprocessing.batch(images)
+    model, _ = load_run(tiny_run)
+    with torch.inference_mode():
+        logits, boxes = ExportWrapper(model)(torch.from_numpy(batch))
+    probs, onnx_boxes = engine.run(batch)
+    np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-4)
+    assert list(probs.argmax(1)) == list(logits.argmax(1).numpy())
+    one = engine.predict_arrays(images[:1])[0]
+    assert one.label == engine.classes[int(logits[0].argmax())]
+    assert (one.width, one.height) == (images[0].shape[1], images[0].shape[0])
+
+
+def test_parity_failure_fails_the_export_with_the_numbers(tiny_run, tmp_path, monkeypatch):
+    from training import export
+
+    monkeypatch.setattr(export, "MAX_LOGIT_DIFF", -1.0)  # no real export can meet this
+    with pytest.raises(export.ExportError, match=r"parity failed .*max \|logit diff\| \d.*min box IoU \d"):
+        export.export_run(tiny_run, tmp_path / "m", log=lambda *_: None)
+    assert not (tmp_path / "m" / "manifest.json").exists() and not (tmp_path / "m" / "model.onnx").exists()
+
+
+def test_int8_is_refused_with_both_numbers_when_it_loses_accuracy(tiny_run, tmp_path, monkeypatch):
+    from training import export
+
+    monkeypatch.setattr(export, "INT8_TOLERANCE", -1.0)  # any int8 model "loses" against this
+    with pytest.raises(export.ExportError) as refused:
+        export.export_run(tiny_run, tmp_path / "m", int8=True, calibration_images=8, log=lambda *_: None)
+    message = str(refused.value)
+    assert "int8 refused" in message and "fp32: n=" in message and "int8: n=" in message
+    kept = Manifest.load(tmp_path / "m")
+    assert kept.precision == "fp32" and "onnx_int8" in kept.metrics
+
+
+def test_int8_is_kept_within_tolerance_and_is_really_quantized(tiny_run, tmp_path, monkeypatch):
+    import onnx
+
+    from serving.engine import Engine
+    from training import export
+
+    monkeypatch.setattr(export, "INT8_TOLERANCE", 1.0)
+    manifest = export.export_run(tiny_run, tmp_path / "m", int8=True, calibration_images=8, log=lambda *_: None)
+    assert manifest.precision == "int8"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m" / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert not (tmp_path / "m" / "model.int8.onnx").exists()
+    assert Engine(tmp_path / "m", threads=1).classes == manifest.classes
+
+
+def test_bentoml_option_stores_model_with_manifest_metadata(exported):
+    import bentoml
+
+    from serving import store
+    from serving.engine import Engine
+    from training.export import store_in_bentoml
+
+    out, manifest = exported
+    tag = store_in_bentoml(out, "clsloc-export-test")
+    assert tag == f"clsloc-export-test:{manifest.version}"
+    stored = bentoml.models.get(tag)
+    assert stored.info.metadata["classes"] == manifest.classes
+    assert stored.info.metadata["parity"]["passed"] is True
+    assert store.latest_tag("clsloc-export-test") == tag
+    assert Engine(store.store_path(tag), threads=1).classes == manifest.classes
+
+
+def test_export_command_reports_a_missing_run_without_a_traceback(tmp_path):
+    result = clsloc("export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
