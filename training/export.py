@@ -312,11 +312,17 @@ def export_run(
 
 
 def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None = None) -> str:
-    """Copy an exported model directory into the BentoML store; the tag's version is the manifest's."""
+    """Copy an exported model into the BentoML store as NAME:VERSION (the manifest's version).
+
+    The stored manifest carries the store name, so what the service reports
+    ({"model": {"name", "version"}}) is the tag it was pinned by.
+    """
+    import dataclasses
+
     import bentoml
 
     model_dir = Path(model_dir)
-    manifest = manifest or Manifest.load(model_dir)
+    manifest = dataclasses.replace(manifest or Manifest.load(model_dir), name=name)
     # JSON round trip: BentoML metadata accepts plain JSON-like values only.
     metadata = json.loads(json.dumps(manifest.to_dict()))
     with bentoml.models.create(
@@ -325,8 +331,8 @@ def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None
         labels={"framework": "onnxruntime", "precision": manifest.precision},
         metadata=metadata,
     ) as stored:
-        for filename in (MODEL_FILE, MANIFEST_FILE):
-            shutil.copy2(model_dir / filename, Path(stored.path) / filename)
+        shutil.copy2(model_dir / MODEL_FILE, Path(stored.path) / MODEL_FILE)
+        manifest.save(stored.path)
     return str(stored.tag)
 
 

@@ -1,0 +1,71 @@
+"""``bentoml build`` from bentofile.yaml works offline, packs the pinned model, needs no torch, and runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+@pytest.fixture
+def bentoml_home(tmp_path, oracle_dir):
+    """A fresh BentoML home holding only the oracle model; returns (env, model tag)."""
+    home = tmp_path / "bentoml-home"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    store = subprocess.run(
+        [sys.executable, "-c", "import sys; from training.export import store_in_bentoml; print(store_in_bentoml(sys.argv[1], 'clsloc-build-test'))", str(oracle_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert store.returncode == 0, store.stderr
+    return env, store.stdout.strip().splitlines()[-1]
+
+
+def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home, tmp_path):
+    env, tag = bentoml_home
+    env = {**env, "CLSLOC_MODEL": tag, "PIP_NO_INDEX": "1"}  # offline: nothing may be fetched
+    built = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    bento_tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = bento_tag.split(":")
+    bento_dir = Path(env["BENTOML_HOME"]) / "bentos" / name / version
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    assert [m["tag"] for m in info["services"][0]["models"]] == [tag]
+    assert {r["route"] for r in info["schema"]["routes"]} == {"/predict", "/predict_batch"}
+    lines = (bento_dir / "env" / "python" / "requirements.txt").read_text().lower().splitlines()
+    packages = {re.split(r"[<>=!~\[ ;]", line.strip())[0] for line in lines if line.strip() and not line.startswith("#")}
+    assert "onnxruntime-gpu" in packages and "bentoml" in packages
+    assert not packages & {"torch", "torchvision", "timm"}, packages
+    src = bento_dir / "src"
+    assert (src / "serving" / "service.py").is_file() and (src / "serving" / "web" / "index.html").is_file()
+    assert not (src / "training").exists() and not (src / "models").exists() and not (src / "tests").exists()
+
+    # The Bento serves: `bentoml serve NAME:VERSION` runs from its own src/ copy.
+    port = free_port()
+    process = subprocess.Popen([BENTOML, "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        from clsloc_client import Client
+
+        import oracle
+
+        with Client(f"http://127.0.0.1:{port}") as client:
+            assert client.predict(oracle.object_image("green", (10, 10, 50, 50)))["label"] == "green"
+            assert client.model_info()["name"] == "clsloc-build-test"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
