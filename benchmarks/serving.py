@@ -1,0 +1,344 @@
+"""Serving benchmark, one run, ours vs baseline side by side.
+
+    .venv/bin/python benchmarks/serving.py                 # makes a small run on synthetic data first
+    .venv/bin/python benchmarks/serving.py --run runs/rk   # or benchmark a training run you have
+
+What it measures, all on the same network and the same photos
+(``../shared/datasets/raccoon`` when present, synthetic images otherwise):
+
+1. in-process engine (serving.engine: decode + preprocess + onnxruntime),
+   single-image latency and throughput (one at a time, and batched);
+2. HTTP ``POST /predict`` of ``clsloc serve`` at concurrency 1, 8 and 32:
+   throughput, p50, p99;
+3. a naive baseline: the same network in PyTorch eager behind a plain
+   Starlette endpoint (uvicorn, no batching, no onnxruntime), same load;
+4. the worker's RSS, and its growth over --leak-requests requests.
+
+Goals (from the issue): HTTP@8 >= 0.75x in-process; >= 3x naive@8;
+p50@1 <= in-process single-image latency + 5 ms; worker RSS <= 600 MB with
+no growth beyond 10% over 10,000 requests.
+
+The load generator (httpx, asyncio) runs on the same 2 cores as the server,
+so HTTP numbers include its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PHOTOS = REPO.parent / "shared" / "datasets" / "raccoon" / "images"
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+
+def load_photos(n: int) -> list[bytes]:
+    files = sorted(PHOTOS.glob("*.jpg"))[:n] if PHOTOS.is_dir() else []
+    if files:
+        return [f.read_bytes() for f in files]
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
+def clsloc(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "clsloc.cli", *args], check=True, cwd=REPO)
+
+
+def make_run(workdir: Path, image_size: int) -> Path:
+    """A small real training run on synthetic data (the network is what matters here, not its accuracy)."""
+    synth, run = workdir / "synth", workdir / "run"
+    clsloc("data", "synth", str(synth), "--images", "60", "--classes", "3")
+    train = ["train", str(synth), "--out", str(run), "--epochs", "1", "--finetune-epochs", "0", "--quiet"]
+    if image_size:
+        train += ["--image-size", str(image_size)]
+    clsloc(*train)
+    return run
+
+
+# -- servers -----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], port: int, env: dict, log: Path):
+    import httpx
+
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited ({process.returncode}); log: {log}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready; log: {log}")
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def worker_rss_mb(root_pid: int) -> float:
+    """RSS of the biggest process in the server's tree: the worker holding the model."""
+    import psutil
+
+    root = psutil.Process(root_pid)
+    processes = [root, *root.children(recursive=True)]
+    return max(p.memory_info().rss for p in processes) / 2**20
+
+
+# -- load ----------------------------------------------------------------------------------------------
+
+
+async def _load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def user(k: int) -> None:
+            nonlocal sent, errors
+            while sent < requests and time.perf_counter() < deadline:
+                data = photos[(sent + k) % len(photos)]
+                sent += 1
+                start = time.perf_counter()
+                response = await client.post("/predict", files={"image": ("photo.jpg", data, "image/jpeg")})
+                latencies.append(time.perf_counter() - start)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
+
+
+def load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+    asyncio.run(_load(url, photos, concurrency, min(concurrency * 4, 16), 30))  # warm up
+    return asyncio.run(_load(url, photos, concurrency, requests, seconds))
+
+
+# -- in-process -----------------------------------------------------------------------------------------
+
+
+def in_process(model_dir: Path, photos: list[bytes], threads: int, seconds: float) -> dict:
+    from serving.engine import Engine
+
+    engine = Engine(model_dir, threads=threads)
+    for data in photos[:5]:
+        engine.predict(data)
+    single = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        engine.predict(photos[i % len(photos)])
+        single.append(time.perf_counter() - start)
+        i += 1
+    batch = 8
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.predict_many([photos[(done + k) % len(photos)] for k in range(batch)], batch_size=batch)
+        done += batch
+    batched = done / (time.perf_counter() - start)
+    return {
+        "single_p50_ms": 1000 * statistics.median(single),
+        "single_throughput": len(single) / sum(single),
+        "batched8_throughput": batched,
+        "throughput": max(len(single) / sum(single), batched),
+        "providers": engine.providers,
+    }
+
+
+# -- the naive baseline ------------------------------------------------------------------------------------
+
+
+def naive_app(run_dir: str):
+    """PyTorch eager behind a plain endpoint: decode, preprocess, forward, one request at a time per thread."""
+    import numpy as np
+    import torch
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from clsloc.boxes import to_api_box
+    from clsloc.images import decode_image
+    from clsloc.preprocess import Preprocessing
+    from models import ExportWrapper
+    from training.checkpoint import load_run
+
+    model, config = load_run(run_dir)
+    network = ExportWrapper(model).eval()
+    preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    classes = config["classes"]
+
+    def infer(data: bytes) -> dict:
+        rgb = decode_image(data)
+        with torch.inference_mode():
+            logits, boxes = network(torch.from_numpy(preprocessing.batch([rgb])))
+        probs = torch.softmax(logits, 1)[0].numpy()
+        k = int(np.argmax(probs))
+        h, w = rgb.shape[:2]
+        return {"label": classes[k], "score": float(probs[k]), "box": to_api_box(boxes[0].numpy(), w, h), "width": w, "height": h}
+
+    async def predict(request):
+        form = await request.form()
+        data = await form["image"].read()
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(infer, data))
+
+    async def ready(_):
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="training run to benchmark (default: make a small one on synthetic data)")
+    parser.add_argument("--image-size", type=int, default=0, help="input size of the run made here (0: backbone default)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
+    parser.add_argument("--seconds", type=float, default=15, help="time per measurement")
+    parser.add_argument("--requests", type=int, default=2000, help="most requests per HTTP measurement")
+    parser.add_argument("--leak-requests", type=int, default=10_000, help="requests for the RSS growth check")
+    parser.add_argument("--leak-seconds", type=float, default=600, help="time cap of the RSS growth check")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--naive-server", nargs=2, metavar=("RUN", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.naive_server:
+        import torch
+        import uvicorn
+
+        torch.set_num_threads(args.threads)
+        uvicorn.run(naive_app(args.naive_server[0]), host="127.0.0.1", port=int(args.naive_server[1]), log_level="warning")
+        return 0
+
+    from training.export import export_run
+
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    photos = load_photos(64)
+    results: dict = {"photos": len(photos), "source": str(PHOTOS) if PHOTOS.is_dir() else "synthetic"}
+    with tempfile.TemporaryDirectory(prefix="clsloc-bench-") as tmp:
+        tmp = Path(tmp)
+        env["BENTOML_HOME"] = str(tmp / "bentoml")
+        run = Path(args.run) if args.run else make_run(tmp, args.image_size)
+        model_dir = tmp / "model"
+        manifest = export_run(run, model_dir, log=lambda *_: None)
+        results["model"] = {"backbone": manifest.backbone, "input": list(manifest.preprocessing.size), "classes": len(manifest.classes)}
+        print(f"model: {manifest.backbone} at {manifest.preprocessing.size}, {len(photos)} photos from {results['source']}", flush=True)
+
+        print("in-process engine ...", flush=True)
+        results["in_process"] = ours_local = in_process(model_dir, photos, args.threads, args.seconds)
+
+        port = free_port()
+        serve = [sys.executable, "-m", "clsloc.cli", "serve", str(model_dir), "--port", str(port), "--threads", str(args.threads)]
+        with server(serve, port, env, tmp / "serve.log") as (url, process):
+            results["http"] = {}
+            for c in (1, 8, 32):
+                print(f"HTTP /predict at concurrency {c} ...", flush=True)
+                results["http"][c] = load(url, photos, c, args.requests, args.seconds)
+            rss_start = worker_rss_mb(process.pid)
+            print(f"RSS check: up to {args.leak_requests} requests (cap {args.leak_seconds:.0f}s) ...", flush=True)
+            leak = asyncio.run(_load(url, photos, 8, args.leak_requests, args.leak_seconds))
+            rss_end = worker_rss_mb(process.pid)
+            results["rss"] = {"start_mb": rss_start, "end_mb": rss_end, "requests": leak["requests"], "errors": leak["errors"],
+                              "growth": (rss_end - rss_start) / rss_start}
+
+        port = free_port()
+        naive = [sys.executable, str(Path(__file__).resolve()), "--naive-server", str(run), str(port), "--threads", str(args.threads)]
+        with server(naive, port, env, tmp / "naive.log") as (url, _):
+            results["naive"] = {}
+            for c in (1, 8, 32):
+                print(f"naive PyTorch endpoint at concurrency {c} ...", flush=True)
+                results["naive"][c] = load(url, photos, c, args.requests, args.seconds)
+
+    http, naive, rss = results["http"], results["naive"], results["rss"]
+    rows = [("measure", "ours", "baseline", "ratio", "goal", "met")]
+    rows.append(("in-process single latency p50 (ms)", f"{ours_local['single_p50_ms']:.1f}", "", "", "", ""))
+    rows.append(("in-process img/s (best of 1-by-1, batch 8)", f"{ours_local['throughput']:.1f}",
+                 "", "", "", ""))
+    for c in (1, 8, 32):
+        h, n = http[c], naive[c]
+        rows.append((f"HTTP c={c} img/s (ours vs naive torch)", f"{h['throughput']:.1f}", f"{n['throughput']:.1f}",
+                     f"{h['throughput'] / n['throughput']:.2f}x", ">= 3x" if c == 8 else "", ("yes" if h["throughput"] >= 3 * n["throughput"] else "NO") if c == 8 else ""))
+        rows.append((f"HTTP c={c} p50 / p99 (ms)", f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f}", f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f}", "", "", ""))
+    ratio8 = http[8]["throughput"] / ours_local["throughput"]
+    rows.append(("HTTP c=8 vs in-process img/s", f"{http[8]['throughput']:.1f}", f"{ours_local['throughput']:.1f}",
+                 f"{ratio8:.2f}x", ">= 0.75x", "yes" if ratio8 >= 0.75 else "NO"))
+    extra = http[1]["p50_ms"] - ours_local["single_p50_ms"]
+    rows.append(("HTTP c=1 p50 - in-process p50 (ms)", f"{extra:+.1f}", "", "", "<= +5 ms", "yes" if extra <= 5 else "NO"))
+    rows.append(("worker RSS (MB)", f"{rss['end_mb']:.0f}", "", "", "<= 600", "yes" if rss["end_mb"] <= 600 else "NO"))
+    rows.append((f"RSS growth over {rss['requests']} requests", f"{100 * rss['growth']:+.1f}%", "", "", "<= 10%",
+                 "yes" if rss["growth"] <= 0.10 else "NO"))
+    errors = sum(v["errors"] for v in http.values()) + rss["errors"]
+    print()
+    print(table(rows))
+    print(f"\nproviders: {ours_local['providers']}; HTTP errors: {errors}; threads: {args.threads}; "
+          f"model {results['model']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
