@@ -42,6 +42,7 @@ class TrainConfig:
     finetune_epochs: int = 8
     finetune_lr: float = 1e-4
     # optimisation
+    freeze_bn: bool = True  # stage 2 keeps the backbone's BatchNorm statistics (small batches)
     batch_size: int = 32
     optimizer: str = "adamw"
     momentum: float = 0.9
@@ -117,6 +118,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: whole network, 0 = none (default %(default)s)")
     g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--train-bn", dest="freeze_bn", action="store_false",
+                   help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -288,8 +288,10 @@ def fit(
                 persistent_workers=False,
             )
             model.train()
-            if stage == 1:
-                model.backbone.eval()  # frozen: its BatchNorm statistics stay ImageNet's
+            if stage == 1 or config.freeze_bn:
+                # Frozen, or fine-tuned with small batches: the backbone's BatchNorm keeps its
+                # ImageNet statistics (measured: batch statistics wreck the stage-1 heads).
+                model.backbone.apply(_freeze_batchnorm)
             stats = train_one_epoch(
                 forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
                 device=device, scaler=scaler, scheduler=scheduler, progress=progress and rank_main,
@@ -369,6 +371,11 @@ def fit(
             save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "stage": state["stage"],
                                                   "epoch": state["epoch"], "monitor": config.monitor, "value": None})
     return FitResult(run_dir, metrics, state["history"], state["best"], seconds)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.eval()
 
 
 def config_input_size(config: TrainConfig) -> int | None:

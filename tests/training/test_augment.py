@@ -1,0 +1,99 @@
+"""Augmentation moves the box with the object: checked on images whose object is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clsloc.boxes import box_iou
+from clsloc.preprocess import Preprocessing
+
+
+def _scene(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Grey background, a saturated red rectangle exactly at ``box`` (pixel xyxy, exclusive end)."""
+    rgb = np.full((height, width, 3), 90, dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    rgb[y0:y1, x0:x1] = (230, 20, 20)
+    return rgb
+
+
+def _object_box(rgb: np.ndarray) -> np.ndarray:
+    """Normalized xyxy of the red pixels in an augmented image (red stays red under mild jitter)."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    mask = (r - np.maximum(g, b)) > 60
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return np.array([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+
+
+@pytest.mark.parametrize("box", [(40, 30, 120, 90), (0, 0, 60, 140), (150, 100, 200, 150), (10, 20, 190, 130)])
+def test_augmented_box_stays_on_the_object(box):
+    from training.data import Sample, augment, train_transform
+
+    width, height = 200, 150
+    rgb = _scene(width, height, box)
+    norm = np.array(box, dtype=np.float32) / np.array([width, height, width, height], dtype=np.float32)
+    sample = Sample(fixed=rgb, large=torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), box=norm)
+    transform = train_transform()
+    changed = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out, out_box = augment(sample, transform)
+        truth = _object_box(out)
+        iou = box_iou(out_box[None].astype(np.float64), truth[None])[0, 0]
+        assert iou > 0.9, (seed, out_box, truth)
+        # the crop keeps the whole object: every red pixel is still there
+        assert truth.min() >= 0 and truth.max() <= 1
+        changed += not np.allclose(out_box, norm, atol=1e-3)
+    assert changed >= 20  # the augmentation really moves things
+
+
+def test_crop_never_cuts_the_target_box():
+    from torchvision import tv_tensors
+
+    from training.data import RandomCropContaining
+
+    crop = RandomCropContaining(min_scale=0.2, p=1.0)
+    image = tv_tensors.Image(torch.zeros(3, 300, 400, dtype=torch.uint8))
+    for seed in range(200):
+        torch.manual_seed(seed)
+        x0, y0 = int(torch.randint(0, 350, ())), int(torch.randint(0, 250, ()))
+        box = [x0, y0, x0 + int(torch.randint(1, 400 - x0, ())), y0 + int(torch.randint(1, 300 - y0, ()))]
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(300, 400))
+        out_image, out_boxes = crop(image, boxes)
+        h, w = out_boxes.canvas_size
+        assert out_image.shape[-2:] == (h, w)
+        bx = out_boxes[0]
+        # the box kept its size (only shifted): nothing of it was cut away
+        assert float(bx[2] - bx[0]) == pytest.approx(box[2] - box[0])
+        assert float(bx[3] - bx[1]) == pytest.approx(box[3] - box[1])
+        assert float(bx[0]) >= 0 and float(bx[1]) >= 0 and float(bx[2]) <= w and float(bx[3]) <= h
+
+
+def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
+    """The fixed (validation) view is exactly Preprocessing(decoded image), as serving computes it."""
+    from PIL import Image
+
+    from clsloc.datasets import GroundTruth, Record
+    from clsloc.images import decode_image
+    from training.data import AugmentedDataset, FixedDataset, ImageStore
+
+    rgb = _scene(160, 120, (30, 20, 100, 90))
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    record = Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
+                    annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+    pre = Preprocessing(size=(64, 64))
+    store = ImageStore(pre)
+    x, label, box = FixedDataset([record], store, {"a": 0})[0]
+    np.testing.assert_array_equal(x.numpy(), pre(decode_image(path)))
+    np.testing.assert_allclose(box.numpy(), [30 / 160, 20 / 120, 100 / 160, 90 / 120], atol=1e-6)
+
+    xf, _, boxf = FixedDataset([record], store, {"a": 0}, flip=True)[0]
+    np.testing.assert_array_equal(xf.numpy(), x.numpy()[:, :, ::-1])
+    np.testing.assert_allclose(boxf.numpy(), [1 - 100 / 160, 20 / 120, 1 - 30 / 160, 90 / 120], atol=1e-6)
+
+    xa, _, boxa = AugmentedDataset([record], store, {"a": 0})[0]
+    assert xa.shape == (3, 64, 64) and xa.dtype == torch.float32
+    assert 0 <= float(boxa.min()) and float(boxa.max()) <= 1

@@ -1,0 +1,181 @@
+"""`clsloc train` end to end on synthetic data with a tiny model: run directory, resume, heads, bad data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", synth, "--out", run, "--epochs", "3", "--finetune-epochs", "1", "--batch-size", "8", *tiny) == 0
+    out = capsys.readouterr().out
+    for name in ("config.json", "split.json", "metrics.jsonl", "metrics.json", "best.pt", "last.pt",
+                 "loss.png", "accuracy_iou.png"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in lines] == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    assert "stage 1 epoch   1/3" in out and "val acc" in out and "upd/w heads" in out
+    assert set(lines[-1]["update_ratio"]) == {"backbone", "heads"}
+    assert all(v > 0 for v in lines[-1]["update_ratio"].values())
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "mean_iou", "loc_accuracy", "per_class", "confusion"):
+        assert key in metrics
+    assert set(metrics["per_class"]) == {"circle", "square"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == ["circle", "square"]
+    assert config["head"] == {"attach": "map", "per_class": False}
+    assert config["preprocessing"]["size"] == [64, 64]
+    assert config["data_fingerprint"] and config["metrics"]["accuracy"] == metrics["accuracy"]
+
+    # checkpoints load with weights_only=True; load_run/load_split give back the model and the split
+    for name in ("best.pt", "last.pt"):
+        torch.load(run / name, map_location="cpu", weights_only=True)
+    from training.checkpoint import load_run, load_split
+
+    model, cfg = load_run(run)
+    assert not model.training and cfg["classes"] == ["circle", "square"]
+    train, val = load_split(run)
+    split = json.loads((run / "split.json").read_text())
+    assert [str(r.image) for r in val] == split["val"] and len(train) + len(val) == 40
+    assert not {r.image for r in train} & {r.image for r in val}
+
+    # the loaded best model reproduces metrics.json on the validation images through Preprocessing
+    from clsloc.images import decode_image
+    from clsloc.metrics import evaluate_records
+    from clsloc.boxes import denormalize_boxes
+    from models import select_boxes
+
+    x = torch.from_numpy(model.preprocessing.batch([decode_image(r.image) for r in val]))
+    with torch.no_grad():
+        logits, boxes = model(x)
+    boxes = select_boxes(logits, boxes).clamp(0, 1).numpy()
+    labels = [cfg["classes"][i] for i in logits.argmax(1)]
+    px = np.stack([denormalize_boxes(b, r.width, r.height) for b, r in zip(boxes, val)])
+    report = evaluate_records(val, labels, px, cfg["classes"])
+    assert report["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert report["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-4)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [(1, 2), (2, 2)], ids=["during-stage-1", "during-stage-2"])
+def test_resume_equals_an_unbroken_run(synth, tiny_config, tmp_path, cli, kill_at):
+    from training.data import prepare_splits
+    from training.fit import fit
+
+    config = tiny_config([synth], epochs=3, finetune_epochs=2, patience=0)
+    splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
+    unbroken = fit(config, splits, tmp_path / "unbroken", progress=False, log_epochs=False)
+
+    def kill(stage, epoch, record):
+        if (stage, epoch) == kill_at:
+            raise Killed  # like a SIGKILL after the epoch's work, before its checkpoint
+        return False
+
+    with pytest.raises(Killed):
+        fit(config, splits, tmp_path / "killed", progress=False, log_epochs=False, epoch_callback=kill)
+    assert cli("train", "--resume", tmp_path / "killed", "--quiet") == 0
+
+    a = json.loads((tmp_path / "unbroken" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for key in ("accuracy", "mean_iou", "loc_accuracy"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    hist_a = [json.loads(line) for line in (tmp_path / "unbroken" / "metrics.jsonl").read_text().splitlines()]
+    hist_b = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in hist_a] == [(h["stage"], h["epoch"]) for h in hist_b]
+    for ha, hb in zip(hist_a, hist_b):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5)
+        assert ha["val_mean_iou"] == pytest.approx(hb["val_mean_iou"], abs=1e-6)
+    wa = torch.load(tmp_path / "unbroken" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_class", [False, True], ids=["agnostic", "per-class"])
+def test_agnostic_and_per_class_heads(tiny, synth3, cli, tmp_path, per_class):
+    run = tmp_path / "run"
+    flags = ["--per-class"] if per_class else []
+    assert cli("train", synth3, "--out", run, "--epochs", "2", "--finetune-epochs", "0", *flags, *tiny) == 0
+    from training.checkpoint import load_run
+
+    model, config = load_run(run)
+    assert config["head"]["per_class"] is per_class
+    with torch.no_grad():
+        logits, boxes = model(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 3)
+    assert boxes.shape == (2, 3 if per_class else 1, 4)
+
+
+def test_per_class_loss_trains_the_true_class_row():
+    from training.engine import compute_loss, target_boxes
+
+    boxes = torch.rand(4, 3, 4, requires_grad=True)
+    labels = torch.tensor([0, 2, 1, 2])
+    picked = target_boxes(boxes, labels)
+    assert torch.equal(picked, boxes[torch.arange(4), labels])
+    logits = torch.zeros(4, 3)
+    compute_loss(logits, boxes, labels, torch.rand(4, 4), box_kind="mse", box_weight=1.0).total.backward()
+    grad_rows = boxes.grad.abs().sum(-1) > 0
+    assert torch.equal(grad_rows, torch.nn.functional.one_hot(labels, 3).bool())
+
+
+@pytest.mark.parametrize("kind", ["mse", "smooth_l1", "giou"])
+def test_box_losses_are_zero_at_the_target_and_grow_away_from_it(kind):
+    from training.engine import box_loss
+
+    target = torch.tensor([[0.2, 0.3, 0.6, 0.9]])
+    near = torch.tensor([[0.22, 0.3, 0.6, 0.88]])
+    far = torch.tensor([[0.5, 0.1, 0.9, 0.4]])
+    assert float(box_loss(target, target, kind)) == pytest.approx(0.0, abs=1e-6)
+    assert 0 < float(box_loss(near, target, kind)) < float(box_loss(far, target, kind))
+
+
+def _voc_with_one_class(src: Path, dst: Path, keep: str) -> Path:
+    shutil.copytree(src, dst)
+    for xml in (dst / "annotations").glob("*.xml"):
+        if f"<name>{keep}</name>" not in xml.read_text():
+            xml.unlink()
+    return dst
+
+
+def test_one_class_only_is_a_clear_error_before_training(tiny, synth, cli, tmp_path, capsys):
+    data = _voc_with_one_class(synth, tmp_path / "one", "circle")
+    code = cli("train", data, "--out", tmp_path / "run", *tiny)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "only one class" in err and "circle" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_train_and_val_classes_that_differ_are_a_clear_error(tiny, synth, synth3, cli, tmp_path, capsys):
+    code = cli("train", synth, "--val", synth3, "--out", tmp_path / "run", *tiny)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "class sets differ" in err and "triangle" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_images_the_dataset_check_rejects_are_skipped_with_a_count(tiny, synth, cli, tmp_path, capsys, caplog):
+    data = tmp_path / "broken"
+    shutil.copytree(synth, data)
+    images = sorted((data / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:200])  # truncated image
+    images[1].write_bytes(b"not an image at all")
+    run = tmp_path / "run"
+    assert cli("train", data, "--out", run, "--epochs", "1", "--finetune-epochs", "0", *tiny) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 image(s)" in captured.err + caplog.text
+    assert "2 image(s) skipped by the dataset check" in captured.out
+    config = json.loads((run / "config.json").read_text())
+    assert config["skipped"] == 2 and config["n_train"] + config["n_val"] == 38
