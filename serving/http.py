@@ -72,13 +72,16 @@ class ApiGuard:
             "/predict_batch": ("images", settings.max_batch_request_bytes),
         }
         self.protected = protected
+        # BentoML's own parser raises (500) on some malformed multipart bodies: check those first.
+        # /predict is served by serving.webapp, which parses its body itself.
+        self.prechecked = {"/predict_batch"}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in self.protected:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refuse_early(scope["path"], headers)
-        if refusal is None and scope["path"] in self.uploads and scope["method"] == "POST":
+        if refusal is None and scope["path"] in self.prechecked and scope["method"] == "POST":
             refusal, receive = await self._check_upload(scope, receive, *self.uploads[scope["path"]])
         if refusal is not None:
             REJECTED.labels(reason=refusal.headers[ERROR_HEADER]).inc()
@@ -138,29 +141,41 @@ class ApiGuard:
         return None, replay
 
 
-async def _multipart_problem(scope, body: bytes, field: str) -> str | None:
-    """Why ``body`` is not multipart/form-data holding only file field(s) named ``field``; None when it is."""
-    expected = f"expected multipart/form-data with file field {field!r}"
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    if not headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        return f"{expected}, got Content-Type {headers.get('content-type', '(none)')!r}"
+class UploadProblem(ValueError):
+    """A request that is not multipart/form-data with the expected file field (-> 400 invalid_request)."""
 
+
+async def read_uploads(request: Request, field: str) -> list[bytes]:
+    """The bytes of every file sent in multipart field ``field``; anything else raises UploadProblem."""
+    expected = f"expected multipart/form-data with file field {field!r}"
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadProblem(f"{expected}, got Content-Type {content_type or '(none)'!r}")
+    try:
+        form = await request.form()
+    except Exception as exc:  # python-multipart's parse errors have no common base class
+        raise UploadProblem(f"{expected}; the body could not be parsed ({exc})") from None
+    try:
+        names = list(form.keys())
+        if field not in names:
+            raise UploadProblem(f"{expected}; fields sent: {sorted(set(names)) or 'none'}")
+        extra = sorted(set(names) - {field})
+        if extra:
+            raise UploadProblem(f"{expected} only; unexpected field(s): {', '.join(extra)}")
+        values = form.getlist(field)
+        if not all(isinstance(value, UploadFile) for value in values):
+            raise UploadProblem(f"{expected}; {field!r} was sent as text, not as a file")
+        return [await value.read() for value in values]
+    finally:
+        await form.close()
+
+
+async def _multipart_problem(scope, body: bytes, field: str) -> str | None:
     async def once():
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(scope, once).form()
-    except Exception as exc:  # python-multipart's parse errors have no common base class
-        return f"{expected}; the body could not be parsed ({exc})"
-    try:
-        names = list(form.keys())
-        if field not in names:
-            return f"{expected}; fields sent: {sorted(set(names)) or 'none'}"
-        extra = sorted(set(names) - {field})
-        if extra:
-            return f"{expected} only; unexpected field(s): {', '.join(extra)}"
-        if not all(isinstance(value, UploadFile) for value in form.getlist(field)):
-            return f"{expected}; {field!r} was sent as text, not as a file"
-        return None
-    finally:
-        await form.close()
+        await read_uploads(Request(scope, once), field)
+    except UploadProblem as exc:
+        return str(exc)
+    return None

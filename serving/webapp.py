@@ -1,4 +1,4 @@
-"""The non-inference routes mounted into the service: the web page and GET /model."""
+"""Routes mounted into the BentoML service: POST /predict (lean path), GET /model, the web page."""
 
 from __future__ import annotations
 
@@ -6,15 +6,29 @@ from pathlib import Path
 
 import bentoml
 from starlette.applications import Starlette
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+
+from serving.http import UploadProblem, error_response, read_uploads
 
 WEB_DIR = Path(__file__).parent / "web"
 
 
 async def index(_request):
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+
+async def predict(request):
+    """POST /predict, multipart field ``image`` -> the service's answer as JSON."""
+    try:
+        (data,) = await read_uploads(request, "image")
+    except UploadProblem as exc:
+        return error_response(400, "invalid_request", str(exc))
+    except ValueError:  # several files in the one field
+        return error_response(400, "invalid_request", "send exactly one file in field 'image' (or use /predict_batch)")
+    result = await bentoml.get_current_service().predict(data)
+    return result if isinstance(result, Response) else JSONResponse(result)
 
 
 async def model_info(_request):
@@ -26,6 +40,7 @@ async def model_info(_request):
 web_app = Starlette(
     routes=[
         Route("/", index, methods=["GET"]),
+        Route("/predict", predict, methods=["POST"]),
         Route("/model", model_info, methods=["GET"]),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
     ]
