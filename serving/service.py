@@ -8,8 +8,8 @@ by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
 
 from __future__ import annotations
 
-import threading
 import logging
+import threading
 from pathlib import Path
 
 import anyio

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bentoml
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -37,7 +38,14 @@ async def model_info(_request):
     return JSONResponse(service.engine.describe())
 
 
+async def http_error(_request, exc: HTTPException):
+    """Starlette's own refusals (405, 404 under /web) in the API's JSON error shape."""
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, error, str(exc.detail))
+
+
 web_app = Starlette(
+    exception_handlers={HTTPException: http_error},
     routes=[
         Route("/", index, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),

@@ -138,6 +138,10 @@ def test_model_endpoint_serves_the_manifest(make_client, oracle_dir):
     assert body["providers"][-1] == "CPUExecutionProvider"
 
 
+def test_wrong_method_is_json(make_client):
+    assert_error(make_client().get("/predict"), 405, "method_not_allowed")
+
+
 def test_health_and_web_page(make_client):
     client = make_client()
     assert client.get("/livez").status_code == 200
