@@ -51,7 +51,7 @@ class TrainConfig:
     box_loss: str = "mse"
     box_weight: float = 5.0  # lambda in CE + lambda * box loss
     augment: bool = True
-    cache_flip: bool = True  # stage 1 also caches features of the mirrored image (2 fixed views)
+    cache_views: int = 2  # stage 1 feature views per training image: 1 = as is, 2 = + mirror, more = + augmented copies
     patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
     monitor: str = "mean_iou"
     # runtime
@@ -75,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"option {name}={value!r} is not one of {list(known)}")
         if not 0.0 < self.val_split < 1.0 and not self.val:
             raise ValueError(f"option val_split={self.val_split} must be in (0, 1) when no --val is given")
+        if self.cache_views < 1:
+            raise ValueError(f"option cache_views={self.cache_views} must be >= 1")
         for name in ("epochs", "finetune_epochs", "patience", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"option {name}={getattr(self, name)} must be >= 0")
@@ -127,7 +129,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
     g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss (default %(default)s)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
-    g.add_argument("--no-cache-flip", dest="cache_flip", action="store_false", help="stage 1 caches only the unflipped view")
+    g.add_argument("--cache-views", type=int, default=d.cache_views,
+                   help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")
     g.add_argument("--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt")
     g = parser.add_argument_group("runtime")

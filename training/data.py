@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -228,10 +230,17 @@ def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FixedDataset(torch.utils.data.Dataset):
-    """Records as the exported model sees them: Preprocessing of the decoded image."""
+    """Records as the exported model sees them: Preprocessing of the decoded image.
 
-    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], flip: bool = False):
-        self.records, self.store, self.class_index, self.flip = records, store, class_index, flip
+    ``view`` picks a fixed variant for the cached stage-1 features: 0 the image
+    itself, 1 its mirror image, 2 and up one augmented copy each (crop, flip,
+    colour) drawn from a seed of (view, file name) — the same copy every time,
+    so features computed once stay valid.
+    """
+
+    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], view: int = 0):
+        self.records, self.store, self.class_index, self.view = records, store, class_index, view
+        self.transform = train_transform() if view >= 2 else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -239,8 +248,13 @@ class FixedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         record = self.records[i]
         sample = self.store[record]
+        if self.view >= 2:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(f"{self.view}:{Path(record.image).name}".encode()))
+                rgb, box = augment(sample, self.transform)
+            return torch.from_numpy(self.store.pre(rgb)), self.class_index[record.label], torch.from_numpy(box)
         rgb, box = sample.fixed, sample.box
-        if self.flip:  # mirrored view for the cached stage-1 features
+        if self.view == 1:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
             box = np.array([1.0 - box[2], box[1], 1.0 - box[0], box[3]], dtype=np.float32)
         x = torch.from_numpy(self.store.pre.normalize(rgb))

@@ -121,10 +121,12 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     abort_above: float | None = None,
+    explode_factor: float | None = None,
 ) -> EpochStats:
     """Train over ``loader`` once. ``forward(x) -> (logits, boxes)`` is either the
     whole network (x = images) or only its heads (x = cached features).
-    ``abort_above``: stop the epoch as soon as a batch loss exceeds it or is NaN."""
+    ``abort_above``: stop the epoch as soon as a batch loss exceeds it or is NaN;
+    ``explode_factor``: set ``abort_above`` from this epoch's first batch loss."""
     import time
 
     start = time.perf_counter()
@@ -147,6 +149,8 @@ def train_one_epoch(
         loss_value = float(parts.total.detach())
         if seen == 0:
             stats.first_loss = loss_value
+            if explode_factor is not None and math.isfinite(loss_value):
+                abort_above = explode_factor * loss_value
         if not math.isfinite(loss_value) or (abort_above is not None and loss_value > abort_above):
             stats.aborted = True  # exploding: the caller decides what to do
             stats.loss = loss_value

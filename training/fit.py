@@ -2,7 +2,8 @@
 
 Stage 1 trains the heads on the frozen backbone. Its inputs never change
 (no augmentation needs them fresh), so the backbone runs ONCE over every
-image — and, with ``cache_flip``, over its mirror image — and the heads train
+image — and over ``cache_views - 1`` fixed variants of it (its mirror image, then
+augmented copies drawn once) — and the heads train
 on those cached features: dozens of epochs cost what one epoch of the full
 network would.
 
@@ -114,6 +115,7 @@ class FitResult:
     history: list[dict]
     best: dict
     seconds: float
+    exploded: bool = False
 
 
 class FeatureCache:
@@ -122,15 +124,15 @@ class FeatureCache:
     def __init__(self):
         self._cache: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def dataset(self, model, records, store, class_index, device, *, flip=False, amp=False, progress=True, desc=""):
-        todo = [r for r in records if (str(r.image), flip) not in self._cache]
+    def dataset(self, model, records, store, class_index, device, *, view=0, amp=False, progress=True, desc=""):
+        todo = [r for r in records if (str(r.image), view) not in self._cache]
         if todo:
-            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, flip=flip), batch_size=32)
+            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, view=view), batch_size=32)
             ds = compute_features(model, loader, device, desc=desc, amp=amp, progress=progress)
             for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
-                self._cache[(str(r.image), flip)] = (f.clone(), b.clone())
-        feats = torch.stack([self._cache[(str(r.image), flip)][0] for r in records])
-        boxes = torch.stack([self._cache[(str(r.image), flip)][1] for r in records])
+                self._cache[(str(r.image), view)] = (f.clone(), b.clone())
+        feats = torch.stack([self._cache[(str(r.image), view)][0] for r in records])
+        boxes = torch.stack([self._cache[(str(r.image), view)][1] for r in records])
         labels = torch.tensor([class_index[r.label] for r in records])
         return torch.utils.data.TensorDataset(feats, labels, boxes)
 
@@ -163,13 +165,16 @@ def fit(
     select_best: bool = True,
     epoch_callback=None,
     input_size: int | None = None,
+    explode_factor: float | None = None,
 ) -> FitResult:
     """Train per ``config`` on ``splits``; write the run to ``out`` (None: nothing written).
 
     ``select_best=False`` keeps the last weights instead of the best validation
     epoch (cross-validation: the held-out fold must not pick the model).
     ``epoch_callback(stage, epoch, record) -> bool``: return True to stop
-    (tune's pruning / explosion check).
+    (tune's pruning). ``explode_factor``: stop as soon as a batch loss exceeds
+    this factor x the first batch's loss, or is NaN (the lecture's "cost >
+    3x original cost: break out early"); the result's ``exploded`` says so.
     """
     from models import build_model
 
@@ -205,6 +210,8 @@ def fit(
     state = {"stage": 1, "epoch": 0, "stage_done": False, "best_value": None, "best": {}, "bad_epochs": 0, "history": []}
     ckpt = None
     best_weights: dict = {}  # {"model": state dict} of the best epoch so far
+    start_loss: dict = {}  # {"value": first batch loss}, for explode_factor
+    exploded: dict = {}
     if resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         model.load_state_dict(ckpt["model"])
@@ -217,6 +224,9 @@ def fit(
         say(f"resuming {run_dir} at stage {state['stage']}, epoch {state['epoch']}")
 
     n_steps_world = distributed.world_size()
+    if n_steps_world > 1 and log_epochs:
+        say(f"distributed: {n_steps_world} processes ({torch.distributed.get_backend()}), "
+            f"{max(1, config.batch_size // n_steps_world)} images per process per step")
     per_rank_batch = max(1, config.batch_size // n_steps_world)
     val_loader_fixed = None
 
@@ -240,11 +250,11 @@ def fit(
         if stage == 1:
             set_backbone_trainable(model, False)
             store.load(splits.train + splits.val)
-            train_sets = [features.dataset(model, splits.train, store, class_index, device, amp=amp,
-                                           progress=progress and rank_main, desc="features (train)")]
-            if config.cache_flip:
-                train_sets.append(features.dataset(model, splits.train, store, class_index, device, flip=True,
-                                                   amp=amp, progress=progress and rank_main, desc="features (mirrored)"))
+            train_sets = [
+                features.dataset(model, splits.train, store, class_index, device, view=view, amp=amp,
+                                 progress=progress and rank_main, desc=f"features (train, view {view + 1}/{config.cache_views})")
+                for view in range(config.cache_views)
+            ]
             train_set = torch.utils.data.ConcatDataset(train_sets)
             val_set = features.dataset(model, splits.val, store, class_index, device, amp=amp,
                                        progress=progress and rank_main, desc="features (val)")
@@ -292,11 +302,20 @@ def fit(
                 # Frozen, or fine-tuned with small batches: the backbone's BatchNorm keeps its
                 # ImageNet statistics (measured: batch statistics wreck the stage-1 heads).
                 model.backbone.apply(_freeze_batchnorm)
+            abort_above = explode_factor * start_loss["value"] if explode_factor and start_loss else None
             stats = train_one_epoch(
                 forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
                 device=device, scaler=scaler, scheduler=scheduler, progress=progress and rank_main,
-                desc=f"stage {stage} epoch {epoch}/{epochs}",
+                desc=f"stage {stage} epoch {epoch}/{epochs}", abort_above=abort_above,
+                explode_factor=explode_factor if not start_loss else None,
             )
+            start_loss.setdefault("value", stats.first_loss)
+            if stats.aborted:
+                exploded["at"] = {"stage": stage, "epoch": epoch, "loss": stats.loss, "start_loss": start_loss["value"]}
+                say(f"  stage {stage} epoch {epoch}: loss {stats.loss:.4g} exploded (start {start_loss['value']:.4g}); stopping")
+                state["stage_done"] = True
+                state["history"].append({"stage": stage, "epoch": epoch, "exploded": True, "train_loss": stats.loss})
+                break
             model.eval()
             head_forward = model.forward_heads if stage == 1 else model
             report = evaluate(head_forward, val_loader, splits.val, classes, device,
@@ -346,9 +365,15 @@ def fit(
                 break
 
     run_stage(1, config.epochs)
+    if exploded:
+        return FitResult(run_dir, {"exploded": exploded["at"]}, state["history"], state["best"],
+                         time.perf_counter() - started, exploded=True)
     if config.finetune_epochs and state["stage"] == 1 and select_best and best_weights:
         model.load_state_dict(best_weights["model"])  # fine-tune from the best heads, not the last
     run_stage(2, config.finetune_epochs)
+    if exploded:
+        return FitResult(run_dir, {"exploded": exploded["at"]}, state["history"], state["best"],
+                         time.perf_counter() - started, exploded=True)
 
     if select_best and best_weights:
         model.load_state_dict(best_weights["model"])

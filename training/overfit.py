@@ -48,7 +48,7 @@ def overfit(config: TrainConfig, splits: Splits, n: int = 20, *, out=None, progr
 
     subset = pick_subset(splits.train, n)
     tiny = replace(
-        config, weight_decay=0.0, dropout=0.0, augment=False, cache_flip=False, finetune_epochs=0,
+        config, weight_decay=0.0, dropout=0.0, augment=False, cache_views=1, finetune_epochs=0,
         epochs=max_epochs, patience=0, lr_schedule="none", batch_size=min(config.batch_size, 5),
     )
     if verbose:

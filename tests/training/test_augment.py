@@ -90,10 +90,14 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
     np.testing.assert_array_equal(x.numpy(), pre(decode_image(path)))
     np.testing.assert_allclose(box.numpy(), [30 / 160, 20 / 120, 100 / 160, 90 / 120], atol=1e-6)
 
-    xf, _, boxf = FixedDataset([record], store, {"a": 0}, flip=True)[0]
+    xf, _, boxf = FixedDataset([record], store, {"a": 0}, view=1)[0]
     np.testing.assert_array_equal(xf.numpy(), x.numpy()[:, :, ::-1])
     np.testing.assert_allclose(boxf.numpy(), [1 - 100 / 160, 20 / 120, 1 - 30 / 160, 90 / 120], atol=1e-6)
 
+    # an augmented cached view is the same every time it is computed
+    xv, _, boxv = FixedDataset([record], store, {"a": 0}, view=3)[0]
+    xv2, _, boxv2 = FixedDataset([record], store, {"a": 0}, view=3)[0]
+    assert torch.equal(xv, xv2) and torch.equal(boxv, boxv2)
     xa, _, boxa = AugmentedDataset([record], store, {"a": 0})[0]
     assert xa.shape == (3, 64, 64) and xa.dtype == torch.float32
     assert 0 <= float(boxa.min()) and float(boxa.max()) <= 1
