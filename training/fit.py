@@ -200,6 +200,7 @@ def fit(
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # measured faster for the conv trunk on CPU
     full_config = resolved_config(config, model, splits)
+    full_config.update(device_used=str(device), amp_used=amp, world_size=distributed.world_size())
     if write and not resume:
         write_json(run_dir / CONFIG_FILE, full_config)
         write_split(run_dir, splits.train, splits.val, full_config)

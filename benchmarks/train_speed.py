@@ -1,0 +1,105 @@
+"""Does the data pipeline keep up? Images/s of the real fine-tuning loop vs a bare loop.
+
+    .venv/bin/python benchmarks/train_speed.py [--batches 6] [--batch-size 32]
+
+Same process, same model (EfficientNet-Lite0, stage-2 fine-tuning: whole
+network, AdamW, BatchNorm frozen, channels_last), same optimizer settings:
+
+* real: ``training.engine.train_one_epoch`` over a DataLoader of
+  ``training.data.AugmentedDataset`` on the shared photos — decoded images in
+  memory, crop/flip/colour augmentation, Preprocessing, loss, update/weight
+  ratio bookkeeping; exactly what ``clsloc train`` runs in stage 2;
+* bare: forward + loss + backward + step on one in-memory tensor batch.
+
+The two are measured in turns (bare, real, bare, real) so a noisy neighbour
+on the machine hurts both alike. Goal: real >= 0.8x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATASETS = [str(ROOT / "../shared/datasets/raccoon"), str(ROOT / "../shared/datasets/kangaroo")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from training.cpu import tune_cpu_allocator
+
+    allocator = tune_cpu_allocator()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from models import build_model
+    from training.config import TrainConfig
+    from training.data import AugmentedDataset, ImageStore, prepare_splits
+    from training.engine import compute_loss, train_one_epoch
+    from training.fit import _freeze_batchnorm, make_optimizer
+
+    config = TrainConfig(datasets=DATASETS, backbone=args.backbone)
+    splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
+    torch.manual_seed(0)
+    model = build_model(args.backbone, len(splits.classes)).to(memory_format=torch.channels_last)
+    model.train()
+    model.backbone.apply(_freeze_batchnorm)
+    optimizer = make_optimizer(config, [{"params": list(model.parameters()), "lr": 1e-5, "name": "all"}])
+    class_index = {c: i for i, c in enumerate(splits.classes)}
+    store = ImageStore(model.preprocessing)
+    records = splits.train[: args.batches * args.batch_size]
+    t = time.perf_counter()
+    store.load(records)
+    decode_s = time.perf_counter() - t
+    dataset = AugmentedDataset(records, store, class_index)
+    device = torch.device("cpu")
+    h, w = model.preprocessing.size
+
+    def real() -> float:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
+        stats = train_one_epoch(model, loader, optimizer, box_kind="mse", box_weight=5.0, device=device,
+                                progress=False)
+        return stats.n / stats.seconds
+
+    x = torch.randn(args.batch_size, 3, h, w).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, len(splits.classes), (args.batch_size,))
+    b = torch.rand(args.batch_size, 4).sort(dim=1).values
+
+    def bare() -> float:
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            logits, boxes = model(x)
+            loss = compute_loss(logits, boxes, y, b, box_kind="mse", box_weight=5.0).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return args.batches * args.batch_size / (time.perf_counter() - start)
+
+    bare()  # warm-up: allocator pools, oneDNN kernels
+    bares, reals = [], []
+    for _ in range(args.rounds):
+        bares.append(bare())
+        reals.append(real())
+    bare_ips, real_ips = max(bares), max(reals)
+    print(f"backbone {args.backbone}, batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds, "
+          f"{args.threads} threads, glibc allocator tuned: {allocator}; decoding {len(records)} photos once: {decode_s:.1f}s")
+    print(f"{'loop':<36} {'images/s':>9}   rounds")
+    print(f"{'bare (in-memory tensors)':<36} {bare_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in bares))
+    print(f"{'real (augmenting DataLoader + loop)':<36} {real_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in reals))
+    print(f"ratio real / bare: {real_ips / bare_ips:.2f}x (goal >= 0.8x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
