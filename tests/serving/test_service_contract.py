@@ -81,6 +81,12 @@ def test_too_large_body_is_413_before_reading_it(make_client):
     assert_error(client.post("/predict", files=upload(big)), 413, "too_large", "limit")
 
 
+def test_too_large_batch_body_is_413(make_client):
+    client = make_client(max_bytes=1000)
+    files = [("images", (f"{i}.png", b"\x00" * 5000)) for i in range(10)]  # 50 kB > 8 x 1000 + envelope
+    assert_error(client.post("/predict_batch", files=files), 413, "too_large")
+
+
 def test_image_over_the_byte_limit_is_413_even_within_the_envelope(make_client):
     client = make_client(max_bytes=2000)
     noisy = np.random.default_rng(1).integers(0, 255, (60, 60, 3), dtype=np.uint8)
@@ -123,6 +129,7 @@ def test_api_key_required_when_set(make_client, header):
     headers = {"Authorization": header} if header else {}
     assert_error(client.post("/predict", files=upload(RED), headers=headers), 401, "unauthorized")
     assert_error(client.get("/model", headers=headers), 401, "unauthorized")
+    assert_error(client.post("/predict_batch", files=[("images", ("a.png", RED))], headers=headers), 401, "unauthorized")
     ok = client.post("/predict", files=upload(RED), headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["label"] == "red"
     assert client.get("/livez").status_code == 200  # probes stay open for the orchestrator
