@@ -83,8 +83,13 @@ def test_too_large_body_is_413_before_reading_it(make_client):
 
 def test_too_large_batch_body_is_413(make_client):
     client = make_client(max_bytes=1000)
-    files = [("images", (f"{i}.png", b"\x00" * 5000)) for i in range(10)]  # 50 kB > 8 x 1000 + envelope
+    files = [("images", (f"{i}.png", b"\x00" * 9000)) for i in range(10)]  # 90 kB > 8 x 1000 + 64 kB envelope
     assert_error(client.post("/predict_batch", files=files), 413, "too_large")
+    # within the body limit, an image over the per-image limit is one 413 item; the others are scored
+    small = oracle.object_image("red", (2, 2, 10, 10), size=(20, 20))
+    assert len(small) < 1000
+    results = client.post("/predict_batch", files=[("images", ("a.png", small)), ("images", ("b.png", b"\x00" * 5000))]).json()
+    assert results[0]["label"] == "red" and (results[1]["error"], results[1]["status"]) == ("too_large", 413)
 
 
 def test_image_over_the_byte_limit_is_413_even_within_the_envelope(make_client):
