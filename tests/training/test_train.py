@@ -67,15 +67,34 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [(1, 2), (2, 2)], ids=["during-stage-1", "during-stage-2"])
-def test_resume_equals_an_unbroken_run(synth, tiny_config, tmp_path, cli, kill_at):
+def _resume_config(synth):
+    from training.config import TrainConfig
+
+    return TrainConfig(datasets=[str(synth)], backbone="resnet18", pretrained=False, image_size=64, epochs=3,
+                       finetune_epochs=2, batch_size=8, patience=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def unbroken(synth, tmp_path_factory):
+    """One uninterrupted run, shared by the kill points."""
     from training.data import prepare_splits
     from training.fit import fit
 
-    config = tiny_config([synth], epochs=3, finetune_epochs=2, patience=0)
+    config = _resume_config(synth)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
-    unbroken = fit(config, splits, tmp_path / "unbroken", progress=False, log_epochs=False)
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    fit(config, splits, out, progress=False, log_epochs=False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [(1, 2), (2, 2)], ids=["during-stage-1", "during-stage-2"])
+def test_resume_equals_an_unbroken_run(synth, unbroken, tmp_path, cli, kill_at):
+    from training.data import prepare_splits
+    from training.fit import fit
+
+    config = _resume_config(synth)
+    splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
 
     def kill(stage, epoch, record):
         if (stage, epoch) == kill_at:
@@ -86,17 +105,17 @@ def test_resume_equals_an_unbroken_run(synth, tiny_config, tmp_path, cli, kill_a
         fit(config, splits, tmp_path / "killed", progress=False, log_epochs=False, epoch_callback=kill)
     assert cli("train", "--resume", tmp_path / "killed", "--quiet") == 0
 
-    a = json.loads((tmp_path / "unbroken" / "metrics.json").read_text())
+    a = json.loads((unbroken / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     for key in ("accuracy", "mean_iou", "loc_accuracy"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
-    hist_a = [json.loads(line) for line in (tmp_path / "unbroken" / "metrics.jsonl").read_text().splitlines()]
+    hist_a = [json.loads(line) for line in (unbroken / "metrics.jsonl").read_text().splitlines()]
     hist_b = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [(h["stage"], h["epoch"]) for h in hist_a] == [(h["stage"], h["epoch"]) for h in hist_b]
     for ha, hb in zip(hist_a, hist_b):
         assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5)
         assert ha["val_mean_iou"] == pytest.approx(hb["val_mean_iou"], abs=1e-6)
-    wa = torch.load(tmp_path / "unbroken" / "last.pt", weights_only=True)["model"]
+    wa = torch.load(unbroken / "last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
