@@ -56,6 +56,9 @@ class Clsloc:
         )
         # One onnxruntime run at a time per worker: it already uses every core it was given.
         self._run_lock = threading.Lock()
+        # At most two requests past parsing: one decoding while the other runs the network.
+        # More would only make decoders and onnxruntime's threads fight over the same cores.
+        self._pipeline = anyio.CapacityLimiter(2)
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
@@ -72,7 +75,7 @@ class Clsloc:
         HTTP within a few milliseconds of calling the engine in-process.
         """
         try:
-            prediction = await anyio.to_thread.run_sync(self._predict_blocking, image)
+            prediction = await anyio.to_thread.run_sync(self._predict_blocking, image, limiter=self._pipeline)
         except ImageError as exc:
             return image_error_response(exc)
         return self._answer(prediction)
