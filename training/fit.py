@@ -96,15 +96,23 @@ def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optim
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
-    """Per-step decay over the stage: cosine (default), step (x0.1 at 2/3), or none."""
+def make_scheduler(config: TrainConfig, optimizer, total_steps: int, warmup_steps: int = 0):
+    """Per-step decay over the stage: cosine (default), step (x0.1 at 2/3), or none;
+    after a linear warm-up of ``warmup_steps`` (stage 2: Adam's first full-size steps
+    on every pretrained weight at once knock the stage-1 heads off, measured)."""
     total = max(1, total_steps)
-    if config.lr_schedule == "cosine":
-        fn = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif config.lr_schedule == "step":
-        fn = lambda step: 0.1 if step >= 2 * total // 3 else 1.0  # noqa: E731
-    else:
-        fn = lambda step: 1.0  # noqa: E731
+
+    def decay(step: int) -> float:
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if config.lr_schedule == "step":
+            return 0.1 if step >= 2 * total // 3 else 1.0
+        return 1.0
+
+    def fn(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return warm * decay(step)
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
@@ -278,7 +286,7 @@ def fit(
         optimizer = make_optimizer(config, groups)
         sampler = distributed.sampler(train_set, seed=config.seed)
         steps = math.ceil(len(sampler if sampler is not None else train_set) / per_rank_batch)
-        scheduler = make_scheduler(config, optimizer, steps * epochs)
+        scheduler = make_scheduler(config, optimizer, steps * epochs, warmup_steps=steps if stage == 2 else 0)
         scaler = torch.amp.GradScaler("cuda") if amp else None
         if resuming_here:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -352,7 +360,8 @@ def fit(
             if log_epochs:
                 say(format_epoch(record, epochs))
                 for name, ratio in stats.update_ratio.items():
-                    if name not in warned and ratio > 0 and not RATIO_LOW <= ratio <= RATIO_HIGH:
+                    # epoch 1 is skipped: freshly initialized heads move fast relative to their small weights
+                    if epoch > 1 and name not in warned and ratio > 0 and not RATIO_LOW <= ratio <= RATIO_HIGH:
                         warned.add(name)
                         hint = "learning rate too high?" if ratio > RATIO_HIGH else "learning rate too low?"
                         say(f"  warning: update/weight ratio of {name} is {ratio:.1e}, far from ~1e-3 ({hint})")
