@@ -106,6 +106,9 @@ def prepare_splits(datasets: list[str], val: list[str], val_split: float, seed: 
     else:
         check_classes(records, [])  # one class only: say so before splitting
         train_records, val_records = stratified_split(records, val_fraction=val_split, seed=seed)
+    if not val_records:
+        raise DataError(f"the validation split is empty ({len(records)} images, --val-split {val_split}): "
+                        "use more images, a larger --val-split, or an explicit --val")
     classes = check_classes(train_records, val_records)
     return Splits(list(train_records), list(val_records), classes, skipped)
 
