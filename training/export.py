@@ -87,10 +87,18 @@ def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset:
 # -- running both sides ------------------------------------------------------------------------
 
 
-def _decode_all(records) -> list[np.ndarray]:
-    from clsloc.images import decode_image
+def _decode_all(records, log=print) -> tuple[list, list[np.ndarray]]:
+    """Decode validation images; one that no longer decodes is reported and left out, not fatal."""
+    from clsloc.images import ImageError, decode_image
 
-    return [decode_image(r.image) for r in records]
+    kept, images = [], []
+    for record in records:
+        try:
+            images.append(decode_image(record.image))
+            kept.append(record)
+        except ImageError as exc:
+            log(f"export: validation image left out: {exc}")
+    return kept, images
 
 
 def _torch_outputs(wrapper, batches) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +254,9 @@ def export_run(
     export_onnx(wrapper, fp32_path, preprocessing.size)
 
     log(f"export: parity on {len(val_records)} validation images")
-    images = _decode_all(val_records)
+    val_records, images = _decode_all(val_records, log)
+    if not images:
+        raise ExportError(f"{run_dir}: no decodable validation images to check parity on")
     torch_logits, torch_boxes = _torch_outputs(wrapper, _batches(preprocessing, images))
     onnx_logits, onnx_boxes = _onnx_outputs(_session(fp32_path), _batches(preprocessing, images))
     check = parity(torch_logits, torch_boxes, onnx_logits, onnx_boxes)
