@@ -51,6 +51,8 @@ class TrainConfig:
     box_loss: str = "mse"
     box_weight: float = 5.0  # lambda in CE + lambda * box loss
     augment: bool = True
+    crop_p: float = 0.8  # probability of a crop that keeps the target box (stage 2 augmentation)
+    crop_scale: float = 0.4  # smallest crop side, as a fraction of the image side
     cache_views: int = 2  # stage 1 feature views per training image: 1 = as is, 2 = + mirror, more = + augmented copies
     patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
     monitor: str = "mean_iou"
@@ -129,6 +131,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
     g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
+    g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop")
+    g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
     g.add_argument("--cache-views", type=int, default=d.cache_views,
                    help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")

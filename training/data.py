@@ -205,11 +205,11 @@ class RandomCropContaining(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-def train_transform() -> v2.Compose:
+def train_transform(crop_p: float = 0.8, crop_scale: float = 0.4) -> v2.Compose:
     """Flip, crop that keeps the object, colour. Resizing/normalizing is Preprocessing's job."""
     return v2.Compose(
         [
-            RandomCropContaining(min_scale=0.4, p=0.8),
+            RandomCropContaining(min_scale=crop_scale, p=crop_p),
             v2.RandomHorizontalFlip(p=0.5),
             v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
         ]

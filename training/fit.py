@@ -41,7 +41,7 @@ from training.checkpoint import (
     write_split,
 )
 from training.config import TrainConfig, write_json
-from training.data import AugmentedDataset, FixedDataset, ImageStore, Splits
+from training.data import AugmentedDataset, FixedDataset, ImageStore, Splits, train_transform
 from training.engine import compute_features, evaluate, set_backbone_trainable, train_one_epoch
 
 RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2  # a decade either side of the lecture's ~1e-3
@@ -273,7 +273,8 @@ def fit(
         else:
             set_backbone_trainable(model, True)
             store.load(splits.train + splits.val)
-            train_set = (AugmentedDataset(splits.train, store, class_index) if config.augment
+            transform = train_transform(config.crop_p, config.crop_scale)
+            train_set = (AugmentedDataset(splits.train, store, class_index, transform) if config.augment
                          else FixedDataset(splits.train, store, class_index))
             val_set = FixedDataset(splits.val, store, class_index)
             trainable = model
