@@ -51,8 +51,8 @@ class TrainConfig:
     box_loss: str = "mse"
     box_weight: float = 5.0  # lambda in CE + lambda * box loss
     augment: bool = True
-    crop_p: float = 0.8  # probability of a crop that keeps the target box (stage 2 augmentation)
-    crop_scale: float = 0.4  # smallest crop side, as a fraction of the image side
+    crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 augmentation)
+    crop_scale: float = 0.7  # smallest crop side, as a fraction of the image side
     cache_views: int = 2  # stage 1 feature views per training image: 1 = as is, 2 = + mirror, more = + augmented copies
     patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
     monitor: str = "mean_iou"

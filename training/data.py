@@ -205,8 +205,14 @@ class RandomCropContaining(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-def train_transform(crop_p: float = 0.8, crop_scale: float = 0.4) -> v2.Compose:
-    """Flip, crop that keeps the object, colour. Resizing/normalizing is Preprocessing's job."""
+def train_transform(crop_p: float = 0.5, crop_scale: float = 0.7) -> v2.Compose:
+    """Flip, crop that keeps the object, colour. Resizing/normalizing is Preprocessing's job.
+
+    The crop is mild on purpose: zooming in on the object makes boxes larger than
+    validation ever sees them, and the box head learns that prior. Measured on the
+    shared photos, first fine-tuning epoch from the same stage-1 weights: val mean
+    IoU 0.585 with p=0.8 / scale 0.4, 0.644 with p=0.5 / scale 0.7.
+    """
     return v2.Compose(
         [
             RandomCropContaining(min_scale=crop_scale, p=crop_p),
