@@ -14,6 +14,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except on/off switches: their name says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 OPTIMIZERS = ("adamw", "sgd")
 BOX_LOSSES = ("mse", "smooth_l1", "giou")
 LR_SCHEDULES = ("cosine", "step", "none")

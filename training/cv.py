@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import TrainConfig, add_train_arguments, config_from_args, write_json
+from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
 
 KEYS = ("accuracy", "mean_iou", "loc_accuracy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = HelpFormatter
     add_train_arguments(parser)
     parser.add_argument("--folds", type=int, default=5, help="number of folds K")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")

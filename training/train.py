@@ -19,11 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
-from training.config import TrainConfig, add_train_arguments, config_from_args
+from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = HelpFormatter
     parser.add_argument("datasets", nargs="*", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory to write (required unless --resume/--sanity/--overfit)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch")

@@ -26,14 +26,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from training.config import TrainConfig, add_train_arguments, config_from_args, write_json
+from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
 
 EXPLODE_FACTOR = 3.0
 EDGE_FRACTION = 0.1  # within 10 % of a range's log width from an end counts as "at the edge"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = HelpFormatter
     add_train_arguments(parser)
     g = parser.add_argument_group("search")
     g.add_argument("--trials", type=int, default=20, help="coarse-stage trials")
