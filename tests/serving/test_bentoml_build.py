@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port, wait_ready
+from conftest import REPO, free_port, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -64,8 +63,4 @@ def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home
             assert client.predict(oracle.object_image("green", (10, 10, 50, 50)))["label"] == "green"
             assert client.model_info()["name"] == "clsloc-build-test"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_server(process)
