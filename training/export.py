@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from clsloc.boxes import denormalize_boxes, paired_iou
-from clsloc.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from clsloc.manifest import INPUT_NAME, MANIFEST_FILE, MODEL_FILE, OUTPUT_NAMES, Manifest
 from clsloc.preprocess import Preprocessing
 
 MAX_LOGIT_DIFF = 1e-4
@@ -71,9 +71,9 @@ def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset:
             module,
             (example,),
             str(raw),
-            input_names=["image"],
-            output_names=["logits", "boxes"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "boxes": {0: "batch"}},
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             opset_version=opset,
             dynamo=False,
         )
@@ -116,7 +116,7 @@ def _torch_outputs(wrapper, batches) -> tuple[np.ndarray, np.ndarray]:
 def _onnx_outputs(session, batches) -> tuple[np.ndarray, np.ndarray]:
     logits, boxes = [], []
     for x in batches:
-        lo, bo = session.run(["logits", "boxes"], {"image": x})
+        lo, bo = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         logits.append(lo)
         boxes.append(bo)
     return np.concatenate(logits), np.concatenate(boxes)
@@ -130,9 +130,10 @@ def _batches(preprocessing: Preprocessing, images: list[np.ndarray], size: int =
 def _session(path: Path):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    from serving.engine import session_options
+
+    # Parity is judged against the CPU provider wherever export runs: the reference kernels.
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
 
 
 def parity(logits_a, boxes_a, logits_b, boxes_b) -> dict:
@@ -185,7 +186,7 @@ class _CalibrationReader:
         while self.paths:
             path = self.paths.pop(0)
             try:
-                return {"image": self.preprocessing.batch([decode_image(path)])}
+                return {INPUT_NAME: self.preprocessing.batch([decode_image(path)])}
             except ImageError:
                 continue
         return None
