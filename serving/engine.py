@@ -214,12 +214,12 @@ class Engine:
         if not images:
             return []
         probs, boxes = self.run(self.preprocessing.batch(list(images)))
-        results = []
-        for rgb, p, box in zip(images, probs, boxes):
-            height, width = int(rgb.shape[0]), int(rgb.shape[1])
-            k = int(np.argmax(p))
-            results.append(Prediction(self.classes[k], float(p[k]), to_api_box(box, width, height), width, height))
-        return results
+        return [self.prediction(p, box, int(rgb.shape[1]), int(rgb.shape[0])) for rgb, p, box in zip(images, probs, boxes)]
+
+    def prediction(self, probs: np.ndarray, box: np.ndarray, width: int, height: int) -> Prediction:
+        """One row of ``run``'s output -> Prediction, box in pixels of the (width x height) image."""
+        k = int(np.argmax(probs))
+        return Prediction(self.classes[k], float(probs[k]), to_api_box(box, width, height), width, height)
 
     # -- the API ---------------------------------------------------------------
     def predict(self, source, *, name: str | None = None) -> Prediction:

@@ -9,7 +9,6 @@ by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import anyio
@@ -17,6 +16,7 @@ import bentoml
 
 from clsloc.images import ImageError
 from serving import store
+from serving.batcher import MicroBatcher
 from serving.engine import Engine
 from serving.http import PREDICTIONS, ApiGuard, image_error_item, image_error_response
 from serving.settings import Settings
@@ -54,11 +54,11 @@ class Clsloc:
         self.engine = Engine(
             model_dir, threads=settings.threads, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels
         )
-        # One onnxruntime run at a time per worker: it already uses every core it was given.
-        self._run_lock = threading.Lock()
-        # At most two requests past parsing: one decoding while the other runs the network.
-        # More would only make decoders and onnxruntime's threads fight over the same cores.
-        self._pipeline = anyio.CapacityLimiter(2)
+        # Concurrent /predict requests share onnxruntime runs; one run at a time per worker.
+        self.batcher = MicroBatcher(self.engine, max_batch=settings.max_batch)
+        # Requests past parsing that decode and preprocess at once: enough to fill the next batch
+        # while one runs, no more (extra decoders would only fight onnxruntime for the cores).
+        self._pipeline = anyio.CapacityLimiter(settings.max_batch + 1)
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
@@ -81,12 +81,8 @@ class Clsloc:
         return self._answer(prediction)
 
     def _predict_blocking(self, image):
-        # One thread hop per request: decoding runs beside other requests' inference,
-        # and only the onnxruntime run is serialized.
-        rgb = self.engine.decode(image, name="image")
-        with self._run_lock:
-            (prediction,) = self.engine.predict_arrays([rgb])
-        return prediction
+        # One thread hop per request: decoding and preprocessing run beside the batch in flight.
+        return self.batcher.predict(self.engine.decode(image, name="image"))
 
     @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=64, max_latency_ms=2000)
     def predict_batch(self, images: list[Path]) -> list[dict]:

@@ -7,6 +7,7 @@ CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  
 CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
 CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
 CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
+CLSLOC_MAX_BATCH           most /predict requests sharing one onnxruntime run  8
 CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    unset
 CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
 CLSLOC_WORKERS             BentoML worker processes                             1
@@ -43,6 +44,7 @@ class Settings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_images: int = 64
+    max_batch: int = 8  # concurrent /predict requests merged into one onnxruntime run (serving.batcher)
     api_key: str | None = None
     threads: int | None = None
     workers: int = 1
@@ -64,6 +66,7 @@ class Settings:
             max_bytes=_int(env, "CLSLOC_MAX_BYTES", DEFAULT_MAX_BYTES),
             max_pixels=_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             max_batch_images=_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
+            max_batch=_int(env, "CLSLOC_MAX_BATCH", 8),
             api_key=env.get("CLSLOC_API_KEY") or None,
             threads=_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
             workers=_int(env, "CLSLOC_WORKERS", 1),

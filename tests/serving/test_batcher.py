@@ -1,0 +1,98 @@
+"""The in-worker micro-batcher: same answers as the engine, fewer onnxruntime runs under concurrency."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import oracle
+from serving.batcher import MicroBatcher
+from serving.engine import Engine
+
+CASES = [("red", (40, 30, 50, 40)), ("green", (5, 60, 100, 50)), ("blue", (100, 10, 55, 100))] * 4
+
+
+@pytest.fixture(scope="module")
+def engine(oracle_dir):
+    return Engine(oracle_dir, threads=1)
+
+
+def test_answers_equal_the_engine_one_by_one(engine):
+    batcher = MicroBatcher(engine, max_batch=4)
+    try:
+        images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES]
+        with ThreadPoolExecutor(len(images)) as pool:
+            batched = list(pool.map(batcher.predict, images))
+        alone = [engine.predict_arrays([rgb])[0] for rgb in images]
+        assert [p.label for p in batched] == [label for label, _ in CASES]
+        for b, a in zip(batched, alone):
+            assert b.label == a.label and b.width == a.width and b.height == a.height
+            assert b.score == pytest.approx(a.score, abs=1e-5)
+            assert all(b.box[k] == pytest.approx(a.box[k], abs=1e-3) for k in "xywh")
+    finally:
+        batcher.close()
+
+
+def test_waiting_requests_share_runs_and_a_lone_request_runs_at_once(engine):
+    gate = threading.Event()
+    real_run = engine.run
+    sizes: list[int] = []
+
+    class SlowEngine:
+        """The engine, but the first run waits until every request is queued behind it."""
+
+        preprocessing = engine.preprocessing
+        prediction = engine.prediction
+
+        def run(self, batch):
+            sizes.append(len(batch))
+            if len(sizes) == 1:
+                gate.wait(10)
+            return real_run(batch)
+
+    batcher = MicroBatcher(SlowEngine(), max_batch=4)
+    try:
+        images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES[:9]]
+        with ThreadPoolExecutor(9) as pool:
+            first = pool.submit(batcher.predict, images[0])
+            while not sizes:  # the runner took the first request alone: nothing else was waiting
+                threading.Event().wait(0.01)
+            rest = [pool.submit(batcher.predict, rgb) for rgb in images[1:]]
+            while batcher._queue.qsize() < 8:
+                threading.Event().wait(0.01)
+            gate.set()
+            results = [first.result(10)] + [f.result(10) for f in rest]
+        assert sizes == [1, 4, 4]  # 8 waiting requests -> two runs of max_batch
+        assert [p.label for p in results] == [label for label, _ in CASES[:9]]
+    finally:
+        batcher.close()
+
+
+def test_a_failing_run_fails_its_requests_and_the_batcher_lives_on(engine):
+    calls = []
+
+    class FlakyEngine:
+        preprocessing = engine.preprocessing
+        prediction = engine.prediction
+
+        def run(self, batch):
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("onnxruntime exploded")
+            return engine.run(batch)
+
+    batcher = MicroBatcher(FlakyEngine(), max_batch=2)
+    try:
+        rgb = engine.decode(oracle.object_image("red", (10, 10, 40, 40)))
+        with pytest.raises(RuntimeError, match="exploded"):
+            batcher.predict(rgb)
+        assert batcher.predict(rgb).label == "red"
+    finally:
+        batcher.close()
+
+
+def test_max_batch_must_be_positive(engine):
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(engine, max_batch=0)
