@@ -48,6 +48,7 @@ class TrainConfig:
     # stage 2: fine-tune everything at a lower rate (0 epochs = skip)
     finetune_epochs: int = 8
     finetune_lr: float = 1e-4
+    finetune_depth: float = 1.0  # fraction of the backbone (from the top) that stage 2 trains
     # optimisation
     freeze_bn: bool = True  # stage 2 keeps the backbone's BatchNorm statistics (small batches)
     batch_size: int = 32
@@ -84,6 +85,8 @@ class TrainConfig:
                 raise ValueError(f"option {name}={value!r} is not one of {list(known)}")
         if not 0.0 < self.val_split < 1.0 and not self.val:
             raise ValueError(f"option val_split={self.val_split} must be in (0, 1) when no --val is given")
+        if not 0.0 < self.finetune_depth <= 1.0:
+            raise ValueError(f"option finetune_depth={self.finetune_depth} must be in (0, 1]")
         if self.cache_views < 1:
             raise ValueError(f"option cache_views={self.cache_views} must be >= 1")
         for name in ("epochs", "finetune_epochs", "patience", "workers", "threads"):
@@ -128,6 +131,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate")
     g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: whole network, 0 = none")
     g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate")
+    g.add_argument("--finetune-depth", type=float, default=d.finetune_depth,
+                   help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--train-bn", dest="freeze_bn", action="store_false",
                    help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)")

@@ -239,6 +239,13 @@ def compute_features(model, loader, device: torch.device, *, desc: str = "featur
     return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels), torch.cat(boxes))
 
 
-def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    for p in model.backbone.parameters():
-        p.requires_grad_(trainable)
+def set_backbone_trainable(model: nn.Module, trainable: bool, depth: float = 1.0) -> None:
+    """Train the top ``depth`` fraction of the backbone's parameter tensors (by order, so by depth).
+
+    Leaving the bottom layers frozen also skips their backward pass, which is
+    where fine-tuning spends most of its time on a CPU (large early maps).
+    """
+    params = list(model.backbone.parameters())
+    first_trained = len(params) - round(depth * len(params)) if trainable else len(params)
+    for i, p in enumerate(params):
+        p.requires_grad_(i >= first_trained)

@@ -271,7 +271,7 @@ def fit(
             groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
             base_lr = config.lr
         else:
-            set_backbone_trainable(model, True)
+            set_backbone_trainable(model, True, config.finetune_depth)
             store.load(splits.train + splits.val)
             transform = train_transform(config.crop_p, config.crop_scale)
             train_set = (AugmentedDataset(splits.train, store, class_index, transform) if config.augment
@@ -279,7 +279,8 @@ def fit(
             val_set = FixedDataset(splits.val, store, class_index)
             trainable = model
             groups = [
-                {"params": list(model.backbone.parameters()), "lr": config.finetune_lr, "name": "backbone"},
+                {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.finetune_lr,
+                 "name": "backbone"},
                 {"params": model.head_parameters(), "lr": config.finetune_lr, "name": "heads"},
             ]
             base_lr = config.finetune_lr
