@@ -198,3 +198,27 @@ def test_images_the_dataset_check_rejects_are_skipped_with_a_count(tiny, synth, 
     assert "2 image(s) skipped by the dataset check" in captured.out
     config = json.loads((run / "config.json").read_text())
     assert config["skipped"] == 2 and config["n_train"] + config["n_val"] == 38
+
+
+def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tmp_path):
+    from training.checkpoint import load_checkpoint
+
+    common = [synth, *tiny, "--epochs", "2", "--patience", "0"]
+    assert cli("train", *common, "--finetune-epochs", "0", "--out", tmp_path / "frozen") == 0
+    assert cli("train", *common, "--finetune-epochs", "1", "--finetune-depth", "0.5", "--out", tmp_path / "half") == 0
+    before = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
+    after = load_checkpoint(tmp_path / "half" / "last.pt")["model"]
+    # parameter tensors of the backbone, in order (buffers such as BatchNorm statistics left out)
+    from training.checkpoint import model_from_config, read_config
+
+    model = model_from_config(read_config(tmp_path / "half"))
+    names = ["backbone." + n for n, _ in model.backbone.named_parameters()]
+    changed = [not torch.equal(before[n], after[n]) for n in names]
+    half = len(names) - round(0.5 * len(names))
+    assert not any(changed[:half]), "the bottom half of the backbone must stay frozen"
+    assert sum(changed[half:]) > 0.8 * (len(names) - half), "the top half must be fine-tuned"
+
+
+def test_finetune_depth_must_be_a_fraction(tiny, synth, cli, tmp_path, capsys):
+    assert cli("train", synth, *tiny, "--finetune-depth", "0", "--out", tmp_path / "run") == 2
+    assert "finetune_depth=0.0 must be in (0, 1]" in capsys.readouterr().err
