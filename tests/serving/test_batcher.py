@@ -21,18 +21,15 @@ def engine(oracle_dir):
 
 def test_answers_equal_the_engine_one_by_one(engine):
     batcher = MicroBatcher(engine, max_batch=4)
-    try:
-        images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES]
-        with ThreadPoolExecutor(len(images)) as pool:
-            batched = list(pool.map(batcher.predict, images))
-        alone = [engine.predict_arrays([rgb])[0] for rgb in images]
-        assert [p.label for p in batched] == [label for label, _ in CASES]
-        for b, a in zip(batched, alone):
-            assert b.label == a.label and b.width == a.width and b.height == a.height
-            assert b.score == pytest.approx(a.score, abs=1e-5)
-            assert all(b.box[k] == pytest.approx(a.box[k], abs=1e-3) for k in "xywh")
-    finally:
-        batcher.close()
+    images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES]
+    with ThreadPoolExecutor(len(images)) as pool:
+        batched = list(pool.map(batcher.predict, images))
+    alone = [engine.predict_arrays([rgb])[0] for rgb in images]
+    assert [p.label for p in batched] == [label for label, _ in CASES]
+    for b, a in zip(batched, alone):
+        assert b.label == a.label and b.width == a.width and b.height == a.height
+        assert b.score == pytest.approx(a.score, abs=1e-5)
+        assert all(b.box[k] == pytest.approx(a.box[k], abs=1e-3) for k in "xywh")
 
 
 def test_waiting_requests_share_runs_and_a_lone_request_runs_at_once(engine):
@@ -53,24 +50,28 @@ def test_waiting_requests_share_runs_and_a_lone_request_runs_at_once(engine):
             return real_run(batch)
 
     batcher = MicroBatcher(SlowEngine(), max_batch=4)
-    try:
-        images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES[:9]]
-        with ThreadPoolExecutor(9) as pool:
-            first = pool.submit(batcher.predict, images[0])
-            while not sizes:  # the runner took the first request alone: nothing else was waiting
-                threading.Event().wait(0.01)
-            rest = [pool.submit(batcher.predict, rgb) for rgb in images[1:]]
-            while batcher._queue.qsize() < 8:
-                threading.Event().wait(0.01)
-            gate.set()
-            results = [first.result(10)] + [f.result(10) for f in rest]
-        assert sizes == [1, 4, 4]  # 8 waiting requests -> two runs of max_batch
-        assert [p.label for p in results] == [label for label, _ in CASES[:9]]
-    finally:
-        batcher.close()
+    images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES[:9]]
+    caller = threading.get_ident()
+    with ThreadPoolExecutor(9) as pool:
+        first = pool.submit(batcher.predict, images[0])
+        while not sizes:  # the first request ran alone: nothing else was waiting
+            threading.Event().wait(0.01)
+        rest = [pool.submit(batcher.predict, rgb) for rgb in images[1:]]
+        while batcher._queue.qsize() < 8:
+            threading.Event().wait(0.01)
+        gate.set()
+        results = [first.result(10)] + [f.result(10) for f in rest]
+    assert sizes == [1, 4, 4]  # 8 waiting requests -> two runs of max_batch
+    assert batcher.batches_run == 3
+    assert [p.label for p in results] == [label for label, _ in CASES[:9]]
+    # and with nobody else around, a request runs in its own thread (no hand-off)
+    ran_in = []
+    SlowEngine.run = lambda self, batch: (ran_in.append(threading.get_ident()), real_run(batch))[1]
+    assert batcher.predict(images[0]).label == CASES[0][0]
+    assert ran_in == [caller]
 
 
-def test_a_failing_run_fails_its_requests_and_the_batcher_lives_on(engine):
+def test_a_failing_run_fails_its_requests_and_the_next_run_works(engine):
     calls = []
 
     class FlakyEngine:
@@ -84,13 +85,10 @@ def test_a_failing_run_fails_its_requests_and_the_batcher_lives_on(engine):
             return engine.run(batch)
 
     batcher = MicroBatcher(FlakyEngine(), max_batch=2)
-    try:
-        rgb = engine.decode(oracle.object_image("red", (10, 10, 40, 40)))
-        with pytest.raises(RuntimeError, match="exploded"):
-            batcher.predict(rgb)
-        assert batcher.predict(rgb).label == "red"
-    finally:
-        batcher.close()
+    rgb = engine.decode(oracle.object_image("red", (10, 10, 40, 40)))
+    with pytest.raises(RuntimeError, match="exploded"):
+        batcher.predict(rgb)
+    assert batcher.predict(rgb).label == "red"
 
 
 def test_max_batch_must_be_positive(engine):
