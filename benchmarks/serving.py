@@ -92,24 +92,15 @@ def free_port() -> int:
 
 @contextmanager
 def server(command: list[str], port: int, env: dict, log: Path):
-    import httpx
+    from clsloc_client import Client
 
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited ({process.returncode}); log: {log}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready; log: {log}")
-            time.sleep(0.5)
+        with Client(url) as client:  # the SDK's readiness wait, also used by the tests
+            client.wait_ready(180, abort=lambda: f"server exited ({process.returncode}); log: {log}"
+                              if process.poll() is not None else None)
         yield url, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)

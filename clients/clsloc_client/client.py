@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import IO, Any, Iterable, Union
+from typing import IO, Any, Callable, Iterable, Union
 
 import httpx
 
@@ -77,6 +78,27 @@ class Client:
             return all(self._http.get(p).status_code == 200 for p in ("/livez", "/readyz"))
         except httpx.HTTPError:
             return False
+
+    def wait_ready(self, timeout: float = 60.0, *, interval: float = 0.5,
+                   abort: Callable[[], str | None] | None = None) -> None:
+        """Poll ``/readyz`` until the service answers 200; ``TimeoutError`` after ``timeout`` seconds.
+
+        ``abort`` is asked between polls; a message from it stops the wait with
+        ``RuntimeError`` (e.g. ``lambda: "server exited" if proc.poll() is not None else None``).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            reason = abort() if abort else None
+            if reason:
+                raise RuntimeError(f"{self._http.base_url}: {reason}")
+            try:
+                if self._http.get("/readyz", timeout=min(2.0, timeout)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self._http.base_url} not ready after {timeout:g}s")
+            time.sleep(interval)
 
     def close(self) -> None:
         self._http.close()

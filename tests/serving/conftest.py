@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -88,19 +87,12 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    import httpx
+    """Until the server at ``url`` is ready (the SDK's own wait), or its process has exited."""
+    from clsloc_client import Client
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+    with Client(url) as client:
+        client.wait_ready(timeout, abort=lambda: (
+            f"server exited with code {process.returncode}" if process.poll() is not None else None))
 
 
 @contextlib.contextmanager
