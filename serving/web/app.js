@@ -3,10 +3,20 @@
 
 const $ = (id) => document.getElementById(id);
 
+// With CLSLOC_API_KEY set the service answers 401 until the page sends the key.
+// It is kept for this tab only (sessionStorage), never in the page's URL.
+const KEY_STORE = "clsloc-api-key";
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+function askForKey() { $("key-form").hidden = false; }
+
 async function showModel() {
   try {
-    const response = await fetch("/model");
+    const response = await fetch("/model", { headers: authHeaders() });
     const model = await response.json();
+    if (response.status === 401) askForKey();
     $("model-line").textContent = response.ok
       ? `${model.name}:${model.version} — classes: ${model.classes.join(", ")}`
       : `model unavailable: ${model.detail || model.error}`;
@@ -38,7 +48,7 @@ async function predict(file) {
   form.append("image", file, file.name);
   let response, body;
   try {
-    response = await fetch("/predict", { method: "POST", body: form });
+    response = await fetch("/predict", { method: "POST", body: form, headers: authHeaders() });
     body = await response.json();
   } catch (err) {
     $("status").className = "error";
@@ -46,6 +56,7 @@ async function predict(file) {
     return;
   }
   if (!response.ok) {
+    if (response.status === 401) askForKey();
     $("status").className = "error";
     $("status").textContent = `${response.status} ${body.error}: ${body.detail}`;
     return;
@@ -66,7 +77,11 @@ async function predict(file) {
   photo.src = URL.createObjectURL(file);
 }
 
-$("file").addEventListener("change", (e) => { if (e.target.files[0]) predict(e.target.files[0]); });
+$("file").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";  // so that picking the same file again (say, after entering the key) scores it again
+  if (file) predict(file);
+});
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -76,4 +91,10 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files[0]) predict(e.dataTransfer.files[0]);
 });
 window.addEventListener("resize", () => { if (!$("result").hidden && window.lastResult) placeBox(window.lastResult); });
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  $("key-form").hidden = true;
+  showModel();
+});
 showModel();

@@ -64,3 +64,27 @@ def test_bad_file_shows_the_service_error(browser, live_server, tmp_path):
         assert page.locator("#result").is_hidden()
     finally:
         page.close()
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_then_scores(browser, oracle_dir, tmp_path):
+    from conftest import running_server
+
+    image = tmp_path / "red-object.png"
+    image.write_bytes(oracle.object_image("red", (40, 30, 100, 80), size=(320, 240)))
+    with running_server(str(oracle_dir), env={"CLSLOC_API_KEY": "s3cret"}) as url:
+        page = browser.new_page()
+        try:
+            page.goto(url + "/")
+            page.wait_for_selector("#key-form:not([hidden])", timeout=30_000)  # /model said 401
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#status.error", timeout=30_000)
+            assert "401" in page.inner_text("#status")
+            page.fill("#api-key", "s3cret")
+            page.click("#key-form button")
+            page.wait_for_function("document.getElementById('model-line').textContent.includes('oracle')")
+            assert page.locator("#key-form").is_hidden()
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=30_000)
+            assert page.inner_text("#label") == "red"
+        finally:
+            page.close()
