@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (default: CPUs / workers)")
     parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
+    parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
     parser.add_argument("--max-batch", type=int, default=0,
                         help="most concurrent /predict requests merged into one onnxruntime run (default 8)")
 
@@ -110,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ["CLSLOC_THREADS"] = str(args.threads or max(1, cpus // args.workers))
     if args.max_bytes:
         os.environ["CLSLOC_MAX_BYTES"] = str(args.max_bytes)
+    if args.no_access_log:
+        os.environ["CLSLOC_ACCESS_LOG"] = "0"
     if args.max_batch:
         os.environ["CLSLOC_MAX_BATCH"] = str(args.max_batch)
     print(f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "

@@ -36,6 +36,8 @@ MODEL_TAG = _IMPORT_SETTINGS.model if store.looks_like_tag(_IMPORT_SETTINGS.mode
     name="clsloc",
     workers=_IMPORT_SETTINGS.workers,
     traffic={"timeout": 60},
+    # Probes and scrapes every few seconds would drown the log; CLSLOC_ACCESS_LOG=0 drops request lines too.
+    logging={"access": {"enabled": _IMPORT_SETTINGS.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
 @bentoml.asgi_app(web_app, path="/")

@@ -12,6 +12,7 @@ CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    
 CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
 CLSLOC_WORKERS             BentoML worker processes                             1
 CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
+CLSLOC_ACCESS_LOG          0: no log line per request (health probes never)     1
 =========================  ==================================================  =========
 """
 
@@ -38,6 +39,17 @@ def _int(env: dict, name: str, default: int) -> int:
     return value
 
 
+def _flag(env: dict, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not one of 1/0, true/false, yes/no, on/off")
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = ""
@@ -48,6 +60,7 @@ class Settings:
     api_key: str | None = None
     threads: int | None = None
     workers: int = 1
+    access_log: bool = True
 
     @property
     def max_request_bytes(self) -> int:
@@ -70,4 +83,5 @@ class Settings:
             api_key=env.get("CLSLOC_API_KEY") or None,
             threads=_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
             workers=_int(env, "CLSLOC_WORKERS", 1),
+            access_log=_flag(env, "CLSLOC_ACCESS_LOG", True),
         )

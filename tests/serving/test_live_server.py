@@ -67,3 +67,17 @@ def test_metrics_endpoint_of_the_real_server(live_server):
         client.predict(oracle.object_image("green", (1, 1, 20, 20)))
     text = httpx.get(f"{live_server}/metrics").text
     assert 'clsloc_predictions_total{label="green"}' in text
+
+
+@pytest.mark.parametrize("access_log", ["1", "0"])
+def test_access_log_lines_for_requests_never_for_probes(oracle_dir, tmp_path, access_log):
+    from conftest import running_server
+
+    log = tmp_path / "server.log"
+    with running_server(str(oracle_dir), env={"CLSLOC_ACCESS_LOG": access_log}, log=log) as url:
+        with Client(url) as client:
+            client.wait_ready(30)
+            assert client.predict(oracle.object_image("red", (10, 10, 40, 40)))["label"] == "red"
+    text = log.read_text()
+    assert "path=/readyz" not in text  # polled above and by the start-up wait
+    assert ("path=/predict" in text) == (access_log == "1"), text[-2000:]
