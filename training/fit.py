@@ -84,6 +84,19 @@ class Heads(nn.Module):
         return self.model.forward_heads(features)
 
 
+def ratio_warning(name: str, ratio: float, *, epoch: int, lr_fraction: float) -> str | None:
+    """The lecture's check: updates about 1e-3 of the weights. A message when far off, else None.
+
+    Not judged in epoch 1 (freshly initialized heads move fast relative to their
+    small weights) nor once the schedule has decayed the rate below half its
+    base value (small updates are then the point, not a symptom).
+    """
+    if epoch <= 1 or lr_fraction < 0.5 or ratio <= 0 or RATIO_LOW <= ratio <= RATIO_HIGH:
+        return None
+    hint = "learning rate too high?" if ratio > RATIO_HIGH else "learning rate too low?"
+    return f"update/weight ratio of {name} is {ratio:.1e}, far from ~1e-3 ({hint})"
+
+
 def better(value: float, best: float | None, monitor: str) -> bool:
     if best is None or not math.isfinite(best):
         return math.isfinite(value)
@@ -361,12 +374,12 @@ def fit(
                 state["stage_done"] = True
             if log_epochs:
                 say(format_epoch(record, epochs))
+                lr_fraction = optimizer.param_groups[0]["lr"] / base_lr
                 for name, ratio in stats.update_ratio.items():
-                    # epoch 1 is skipped: freshly initialized heads move fast relative to their small weights
-                    if epoch > 1 and name not in warned and ratio > 0 and not RATIO_LOW <= ratio <= RATIO_HIGH:
+                    warning = ratio_warning(name, ratio, epoch=epoch, lr_fraction=lr_fraction)
+                    if warning and name not in warned:
                         warned.add(name)
-                        hint = "learning rate too high?" if ratio > RATIO_HIGH else "learning rate too low?"
-                        say(f"  warning: update/weight ratio of {name} is {ratio:.1e}, far from ~1e-3 ({hint})")
+                        say(f"  warning: {warning}")
             if write:
                 with open(run_dir / HISTORY_FILE, "a") as fh:
                     fh.write(json.dumps(record) + "\n")

@@ -222,3 +222,13 @@ def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tm
 def test_finetune_depth_must_be_a_fraction(tiny, synth, cli, tmp_path, capsys):
     assert cli("train", synth, *tiny, "--finetune-depth", "0", "--out", tmp_path / "run") == 2
     assert "finetune_depth=0.0 must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_update_weight_ratio_warning_only_when_it_means_something():
+    from training.fit import ratio_warning
+
+    assert "too low" in ratio_warning("backbone", 3e-5, epoch=3, lr_fraction=1.0)
+    assert "too high" in ratio_warning("heads", 5e-2, epoch=3, lr_fraction=0.9)
+    assert ratio_warning("heads", 1e-3, epoch=3, lr_fraction=1.0) is None  # the lecture's ~1e-3
+    assert ratio_warning("heads", 5e-2, epoch=1, lr_fraction=1.0) is None  # fresh heads move fast
+    assert ratio_warning("heads", 3e-5, epoch=30, lr_fraction=0.1) is None  # the schedule's tail, on purpose
