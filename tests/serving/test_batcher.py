@@ -19,6 +19,17 @@ def engine(oracle_dir):
     return Engine(oracle_dir, threads=1)
 
 
+class SpyEngine:
+    """The real engine, with ``run`` replaced by ``run(batch, real_run)`` to watch or disturb batches."""
+
+    def __init__(self, engine: Engine, run):
+        self.preprocessing, self.prediction = engine.preprocessing, engine.prediction
+        self._engine, self._run = engine, run
+
+    def run(self, batch):
+        return self._run(batch, self._engine.run)
+
+
 def test_answers_equal_the_engine_one_by_one(engine):
     batcher = MicroBatcher(engine, max_batch=4)
     images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES]
@@ -34,22 +45,18 @@ def test_answers_equal_the_engine_one_by_one(engine):
 
 def test_waiting_requests_share_runs_and_a_lone_request_runs_at_once(engine):
     gate = threading.Event()
-    real_run = engine.run
     sizes: list[int] = []
+    ran_in: list[int] = []
 
-    class SlowEngine:
-        """The engine, but the first run waits until every request is queued behind it."""
+    def slow_first_run(batch, real_run):
+        """The first run waits until every request is queued behind it."""
+        sizes.append(len(batch))
+        ran_in.append(threading.get_ident())
+        if len(sizes) == 1:
+            gate.wait(10)
+        return real_run(batch)
 
-        preprocessing = engine.preprocessing
-        prediction = engine.prediction
-
-        def run(self, batch):
-            sizes.append(len(batch))
-            if len(sizes) == 1:
-                gate.wait(10)
-            return real_run(batch)
-
-    batcher = MicroBatcher(SlowEngine(), max_batch=4)
+    batcher = MicroBatcher(SpyEngine(engine, slow_first_run), max_batch=4)
     images = [engine.decode(oracle.object_image(label, box)) for label, box in CASES[:9]]
     caller = threading.get_ident()
     with ThreadPoolExecutor(9) as pool:
@@ -65,26 +72,20 @@ def test_waiting_requests_share_runs_and_a_lone_request_runs_at_once(engine):
     assert batcher.batches_run == 3
     assert [p.label for p in results] == [label for label, _ in CASES[:9]]
     # and with nobody else around, a request runs in its own thread (no hand-off)
-    ran_in = []
-    SlowEngine.run = lambda self, batch: (ran_in.append(threading.get_ident()), real_run(batch))[1]
     assert batcher.predict(images[0]).label == CASES[0][0]
-    assert ran_in == [caller]
+    assert ran_in[-1] == caller
 
 
 def test_a_failing_run_fails_its_requests_and_the_next_run_works(engine):
     calls = []
 
-    class FlakyEngine:
-        preprocessing = engine.preprocessing
-        prediction = engine.prediction
+    def first_run_fails(batch, real_run):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("onnxruntime exploded")
+        return real_run(batch)
 
-        def run(self, batch):
-            calls.append(len(batch))
-            if len(calls) == 1:
-                raise RuntimeError("onnxruntime exploded")
-            return engine.run(batch)
-
-    batcher = MicroBatcher(FlakyEngine(), max_batch=2)
+    batcher = MicroBatcher(SpyEngine(engine, first_run_fails), max_batch=2)
     rgb = engine.decode(oracle.object_image("red", (10, 10, 40, 40)))
     with pytest.raises(RuntimeError, match="exploded"):
         batcher.predict(rgb)
