@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 import oracle
+from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -67,8 +68,6 @@ def test_bad_file_shows_the_service_error(browser, live_server, tmp_path):
 
 
 def test_with_an_api_key_the_page_asks_for_it_and_then_scores(browser, oracle_dir, tmp_path):
-    from conftest import running_server
-
     image = tmp_path / "red-object.png"
     image.write_bytes(oracle.object_image("red", (40, 30, 100, 80), size=(320, 240)))
     with running_server(str(oracle_dir), env={"CLSLOC_API_KEY": "s3cret"}) as url:

@@ -8,6 +8,7 @@ import io
 import pytest
 
 import oracle
+from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
 from clsloc_client import AsyncClient, Client, ClsLocError
 
 pytestmark = pytest.mark.slow
@@ -71,8 +72,6 @@ def test_metrics_endpoint_of_the_real_server(live_server):
 
 @pytest.mark.parametrize("access_log", ["1", "0"])
 def test_access_log_lines_for_requests_never_for_probes(oracle_dir, tmp_path, access_log):
-    from conftest import running_server
-
     log = tmp_path / "server.log"
     with running_server(str(oracle_dir), env={"CLSLOC_ACCESS_LOG": access_log}, log=log) as url:
         with Client(url) as client:
