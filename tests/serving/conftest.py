@@ -101,10 +101,18 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = log or (_TMP / f"server-{port}.log")
+    # Each server its own BENTOML_HOME: a starting server empties $BENTOML_HOME/prometheus_multiproc_dir,
+    # the metrics of any other server still running from it. The model store stays shared.
+    home = _TMP / f"bentoml-home-{port}"
+    home.mkdir()
+    store = Path(os.environ["BENTOML_HOME"]) / "models"
+    store.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(store, target_is_directory=True)
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home), **(env or {})},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         try:
