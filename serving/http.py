@@ -6,9 +6,10 @@ MESSAGE}`` with a 4xx status, never a 5xx, and never takes the worker down.
 
 from __future__ import annotations
 
+import functools
 import hmac
+from types import SimpleNamespace
 
-import bentoml
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,14 +29,25 @@ STATUS = {
 }
 ERROR_HEADER = "x-clsloc-error"  # lets the guard count rejections by reason without parsing bodies
 
-PREDICTIONS = bentoml.metrics.Counter(
-    name="clsloc_predictions", documentation="Predictions served, per predicted label", labelnames=["label"]
-)
-REJECTED = bentoml.metrics.Counter(
-    name="clsloc_rejected",
-    documentation="Rejected requests (and rejected images inside batches), per reason",
-    labelnames=["reason"],
-)
+@functools.cache
+def counters() -> SimpleNamespace:
+    """The service's Prometheus counters, made on first use.
+
+    That is inside a worker, after BentoML has set PROMETHEUS_MULTIPROC_DIR, so
+    the counters land in the multiprocess files its /metrics endpoint reads
+    (bentoml.metrics, which deferred the import the same way, is deprecated).
+    """
+    import prometheus_client
+
+    return SimpleNamespace(
+        predictions=prometheus_client.Counter(
+            "clsloc_predictions", "Predictions served, per predicted label", labelnames=["label"]
+        ),
+        rejected=prometheus_client.Counter(
+            "clsloc_rejected", "Rejected requests (and rejected images inside batches), per reason",
+            labelnames=["reason"],
+        ),
+    )
 
 
 def error_response(status: int, error: str, detail: str) -> JSONResponse:
@@ -48,7 +60,7 @@ def image_error_response(exc: ImageError) -> JSONResponse:
 
 def image_error_item(exc: ImageError) -> dict:
     """One failed image inside a batch result."""
-    REJECTED.labels(reason=exc.kind).inc()
+    counters().rejected.labels(reason=exc.kind).inc()
     return {"error": exc.kind, "detail": str(exc), "status": STATUS.get(exc.kind, 400)}
 
 
@@ -84,7 +96,7 @@ class ApiGuard:
         if refusal is None and scope["path"] in self.prechecked and scope["method"] == "POST":
             refusal, receive = await self._check_upload(scope, receive, *self.uploads[scope["path"]])
         if refusal is not None:
-            REJECTED.labels(reason=refusal.headers[ERROR_HEADER]).inc()
+            counters().rejected.labels(reason=refusal.headers[ERROR_HEADER]).inc()
             return await refusal(scope, receive, send)
 
         async def counting_send(message):
@@ -92,7 +104,7 @@ class ApiGuard:
                 reason = dict(message.get("headers") or []).get(ERROR_HEADER.encode(), b"").decode() or (
                     "invalid_request" if message["status"] < 500 else "server_error"
                 )
-                REJECTED.labels(reason=reason).inc()
+                counters().rejected.labels(reason=reason).inc()
             await send(message)
 
         return await self.app(scope, receive, counting_send)

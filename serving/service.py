@@ -18,7 +18,7 @@ from clsloc.images import ImageError
 from serving import store
 from serving.batcher import MicroBatcher
 from serving.engine import Engine
-from serving.http import PREDICTIONS, ApiGuard, image_error_item, image_error_response
+from serving.http import ApiGuard, counters, image_error_item, image_error_response
 from serving.settings import Settings
 from serving.webapp import web_app
 
@@ -66,7 +66,7 @@ class Clsloc:
         return self.engine is not None
 
     def _answer(self, prediction) -> dict:
-        PREDICTIONS.labels(label=prediction.label).inc()
+        counters().predictions.labels(label=prediction.label).inc()
         return {**prediction.to_dict(), "model": self.engine.model_ref}
 
     async def predict(self, image: bytes | Path):
