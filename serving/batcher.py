@@ -36,7 +36,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[np.ndarray, tuple[int, int], Future]] = queue.SimpleQueue()
         self._run_lock = threading.Lock()
-        self.batches_run = 0  # for tests and logs: how many onnxruntime runs served the requests
+        self.batches_run = 0  # how many onnxruntime runs served the requests (the tests read it)
 
     def predict(self, rgb: np.ndarray) -> Prediction:
         """Decoded RGB image -> its Prediction; returns once a batch holding it has run."""
