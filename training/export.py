@@ -61,7 +61,7 @@ def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
+    module = static_same_padding(module.eval(), input_size)
     example = torch.zeros(2, 3, *input_size)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # select_boxes branches on the head's (fixed) box count: a constant per model, as the tracer assumes.
@@ -82,6 +82,56 @@ def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset:
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return path
+
+
+def static_same_padding(module, input_size: tuple[int, int]):
+    """A copy of ``module`` whose TF-"same" convolutions pad by constants fixed for ``input_size``.
+
+    timm's ``Conv2dSame`` (every stride-2 convolution of the EfficientNet-Lite
+    ports) works its padding out from the input's shape at run time. Traced,
+    that is a chain of Shape/Gather/Ceil/Sub ops feeding a Pad that copies the
+    activation before each of those convolutions. The served input size is
+    fixed by the manifest, so the pads are constants: exported as such,
+    onnxruntime folds each Pad into its Conv. Modules without ``Conv2dSame``
+    come back unchanged; export parity still compares against the original.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    try:
+        from timm.layers import Conv2dSame
+        from timm.layers.padding import get_same_padding
+    except ImportError:  # no timm: no TF-same convolutions to fix
+        return module
+    names = [name for name, m in module.named_modules() if isinstance(m, Conv2dSame)]
+    if not names:
+        return module
+    module = copy.deepcopy(module)
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
+        )
+        for name in names
+    ]
+    with torch.no_grad():
+        module(torch.zeros(1, 3, *input_size))
+    for hook in hooks:
+        hook.remove()
+    for name in names:
+        same = module.get_submodule(name)
+        (ih, iw), (kh, kw), (sh, sw), (dh, dw) = sizes[name], same.kernel_size, same.stride, same.dilation
+        pad_h, pad_w = get_same_padding(ih, kh, sh, dh), get_same_padding(iw, kw, sw, dw)
+        conv = nn.Conv2d(
+            same.in_channels, same.out_channels, same.kernel_size, same.stride, 0, same.dilation,
+            same.groups, same.bias is not None,
+        )
+        conv.load_state_dict(same.state_dict())
+        pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        module.set_submodule(name, nn.Sequential(pad, conv))
+    return module.eval()
 
 
 # -- running both sides ------------------------------------------------------------------------
