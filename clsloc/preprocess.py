@@ -13,6 +13,7 @@ pixels is a plain scale (``clsloc.boxes.denormalize_boxes``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -66,10 +67,25 @@ class Preprocessing:
 
     def normalize(self, resized: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) or (N, H, W, 3) -> float32 (3, H, W) or (N, 3, H, W)."""
-        x = resized.astype(np.float32) / np.float32(self.scale)
+        if resized.dtype != np.uint8:
+            return np.ascontiguousarray(np.moveaxis(self._arithmetic(resized), -1, -3))
+        # A uint8 channel has 256 possible values: look them up, channel by channel, straight into
+        # the CHW output. Bit-identical to the arithmetic and half its time (serving's hot path).
+        out = np.empty((*resized.shape[:-3], 3, *resized.shape[-3:-1]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self._table[channel], resized[..., channel], out=out[..., channel, :, :])
+        return out
+
+    def _arithmetic(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32) / np.float32(self.scale)
         x -= np.asarray(self.mean, dtype=np.float32)
         x /= np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+        return x
+
+    @cached_property
+    def _table(self) -> np.ndarray:
+        """(3, 256) float32: what ``_arithmetic`` makes of each uint8 value in each channel."""
+        return np.ascontiguousarray(self._arithmetic(np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1)).T)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.normalize(self.resize_image(rgb))

@@ -25,6 +25,21 @@ def test_imagenet_normalization_by_channel():
     assert x[:, 0, 0] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("mean, std", [(LITE_MEAN, LITE_STD), (IMAGENET_MEAN, IMAGENET_STD)])
+def test_uint8_lookup_equals_the_arithmetic_bit_for_bit_per_image_and_per_batch(mean, std):
+    """normalize() looks uint8 values up in a table; float input takes the formula. Same numbers."""
+    pre = Preprocessing(size=(17, 19), mean=mean, std=std)
+    images = np.random.default_rng(0).integers(0, 256, (4, 17, 19, 3), dtype=np.uint8)
+    images[0, 0, 0] = (0, 128, 255)
+    formula = np.moveaxis((images / np.float32(255.0) - np.float32(mean)) / np.float32(std), -1, -3)
+    batch = pre.normalize(images)
+    assert batch.shape == (4, 3, 17, 19) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch, pre.normalize(images.astype(np.float32)))  # table vs formula path
+    np.testing.assert_allclose(batch, formula, rtol=1e-6)
+    np.testing.assert_array_equal(pre.normalize(images[2]), batch[2])
+    np.testing.assert_array_equal(pre.normalize(images[:, ::-1])[1], batch[1][:, ::-1])  # strided views too
+
+
 def test_stretch_resize_keeps_a_normalized_box():
     # a white block at normalized (0.25, 0.5)-(0.75, 1.0) of a 200x100 image stays there at 64x32 input
     image = np.zeros((100, 200, 3), np.uint8)
