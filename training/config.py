@@ -45,10 +45,12 @@ class TrainConfig:
     # stage 1: heads on the frozen backbone (features cached when possible)
     epochs: int = 40
     lr: float = 1e-3
-    # stage 2: fine-tune everything at a lower rate (0 epochs = skip)
-    finetune_epochs: int = 8
-    finetune_lr: float = 1e-4
-    finetune_depth: float = 1.0  # fraction of the backbone (from the top) that stage 2 trains
+    # stage 2: fine-tune the top of the backbone at a lower rate (0 epochs = skip). Measured
+    # (5-fold CV, raccoon + kangaroo, README): the top half for 16 epochs at 3e-4 beats the
+    # whole backbone for 8 at 1e-4 (mean IoU 0.684 vs 0.672) in about the same time on a CPU.
+    finetune_epochs: int = 16
+    finetune_lr: float = 3e-4
+    finetune_depth: float = 0.5  # fraction of the backbone (from the top) that stage 2 trains
     # optimisation
     freeze_bn: bool = True  # stage 2 keeps the backbone's BatchNorm statistics (small batches)
     batch_size: int = 32
@@ -129,7 +131,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs, help="stage 1 epochs: heads on the frozen backbone")
     g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate")
-    g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: whole network, 0 = none")
+    g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: fine-tune the top --finetune-depth of the backbone with the heads, 0 = none")
     g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate")
     g.add_argument("--finetune-depth", type=float, default=d.finetune_depth,
                    help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)")
