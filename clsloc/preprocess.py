@@ -57,12 +57,13 @@ class Preprocessing:
             raise ValueError(f"mean and std need 3 values each, std and scale > 0 (got mean={self.mean}, std={self.std}, scale={self.scale})")
 
     # -- the two steps -------------------------------------------------------
-    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) of any size -> RGB uint8 at the input size."""
+    def resize_image(self, rgb: np.ndarray | Image.Image) -> np.ndarray:
+        """RGB uint8 (H, W, 3), or an RGB Pillow image, of any size -> RGB uint8 array at the input size."""
         height, width = self.size
-        if rgb.shape[0] == height and rgb.shape[1] == width:
-            return rgb
-        image = Image.fromarray(rgb)
+        image = rgb if isinstance(rgb, Image.Image) else None
+        if (image.size if image is not None else (rgb.shape[1], rgb.shape[0])) == (width, height):
+            return np.asarray(rgb)
+        image = image if image is not None else Image.fromarray(rgb)
         return np.asarray(image.resize((width, height), _INTERPOLATION[self.interpolation]))
 
     def normalize(self, resized: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ class Preprocessing:
         """(3, 256) float32: what ``_arithmetic`` makes of each uint8 value in each channel."""
         return np.ascontiguousarray(self._arithmetic(np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1)).T)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray | Image.Image) -> np.ndarray:
         return self.normalize(self.resize_image(rgb))
 
     def batch(self, images: list[np.ndarray]) -> np.ndarray:

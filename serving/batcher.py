@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import Future
 
 import numpy as np
+from PIL import Image
 
 from serving.engine import Engine, Prediction
 
@@ -38,11 +39,12 @@ class MicroBatcher:
         self._run_lock = threading.Lock()
         self.batches_run = 0  # how many onnxruntime runs served the requests (the tests read it)
 
-    def predict(self, rgb: np.ndarray) -> Prediction:
-        """Decoded RGB image -> its Prediction; returns once a batch holding it has run."""
+    def predict(self, rgb: np.ndarray | Image.Image) -> Prediction:
+        """Decoded RGB image (array or Pillow image) -> its Prediction; returns once a batch holding it has run."""
         tensor = self.engine.preprocessing(rgb)  # in the caller's thread, beside the running batch
+        width, height = rgb.size if isinstance(rgb, Image.Image) else (rgb.shape[1], rgb.shape[0])
         done: Future = Future()
-        self._queue.put((tensor, (int(rgb.shape[0]), int(rgb.shape[1])), done))
+        self._queue.put((tensor, (int(height), int(width)), done))
         while not done.done():
             with self._run_lock:
                 if not done.done():

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from clsloc.boxes import to_api_box
-from clsloc.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from clsloc.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, open_image
 from clsloc.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
 
 log = logging.getLogger("clsloc.engine")
@@ -203,6 +203,10 @@ class Engine:
     def decode(self, source, *, name: str | None = None) -> np.ndarray:
         """Bytes / path / file -> RGB as displayed; raises clsloc.images.ImageError."""
         return decode_image(source, name=name, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+
+    def open(self, source, *, name: str | None = None):
+        """Like ``decode`` but -> an RGB Pillow image: the one-image hot path resizes it without array copies."""
+        return open_image(source, name=name, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed float32 (N, 3, H, W) -> (probabilities (N, C), boxes (N, 4) normalized xyxy)."""

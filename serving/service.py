@@ -84,7 +84,7 @@ class Clsloc:
 
     def _predict_blocking(self, image):
         # One thread hop per request: decoding and preprocessing run beside the batch in flight.
-        return self.batcher.predict(self.engine.decode(image, name="image"))
+        return self.batcher.predict(self.engine.open(image, name="image"))
 
     @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=64, max_latency_ms=2000)
     def predict_batch(self, images: list[Path]) -> list[dict]:

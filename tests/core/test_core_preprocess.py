@@ -40,6 +40,16 @@ def test_uint8_lookup_equals_the_arithmetic_bit_for_bit_per_image_and_per_batch(
     np.testing.assert_array_equal(pre.normalize(images[:, ::-1])[1], batch[1][:, ::-1])  # strided views too
 
 
+def test_a_pillow_image_and_its_array_give_the_same_input():
+    from PIL import Image
+
+    pre = Preprocessing(size=(32, 48))
+    array = np.random.default_rng(1).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pre(Image.fromarray(array)), pre(array))
+    same_size = np.random.default_rng(2).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pre(Image.fromarray(same_size)), pre(same_size))
+
+
 def test_stretch_resize_keeps_a_normalized_box():
     # a white block at normalized (0.25, 0.5)-(0.75, 1.0) of a 200x100 image stays there at 64x32 input
     image = np.zeros((100, 200, 3), np.uint8)

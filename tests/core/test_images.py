@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clsloc.images import ImageError, ImageWarning, check_image, decode_image, image_size
+from clsloc.images import ImageError, ImageWarning, check_image, decode_image, image_size, open_image
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -99,6 +99,27 @@ def test_exif_orientation_applied(orientation, shape, top_left):
     np.testing.assert_allclose(rgb[1, 1], top_left, atol=40)
     assert image_size(data) == (shape[1], shape[0])
     assert check_image(data) == (shape[1], shape[0])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(marked_image(), "JPEG", quality=95, exif=exif_orientation(6)),  # rotated: a new image
+        encode(marked_image(), "PNG"),  # RGB already: the opened image itself
+        encode(marked_image().convert("RGBA"), "PNG"),  # composited on white
+        encode(marked_image().convert("L"), "JPEG"),
+    ],
+    ids=["jpeg-rotated", "png-rgb", "png-rgba", "jpeg-grey"],
+)
+def test_open_image_is_decode_image_as_a_pillow_image(data, tmp_path):
+    """Serving's hot path (open_image, no array copies) sees exactly the pixels training sees."""
+    image = open_image(data)
+    assert image.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(image), decode_image(data))
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(np.asarray(open_image(f)), np.asarray(open_image(path)))
 
 
 def test_bogus_orientation_ignored_with_warning_naming_file(tmp_path):

@@ -36,7 +36,10 @@ def test_answers_equal_the_engine_one_by_one(engine):
     with ThreadPoolExecutor(len(images)) as pool:
         batched = list(pool.map(batcher.predict, images))
     alone = [engine.predict_arrays([rgb])[0] for rgb in images]
+    # The service hands over Pillow images (engine.open): same answers as arrays.
+    opened = [batcher.predict(engine.open(oracle.object_image(label, box))) for label, box in CASES]
     assert [p.label for p in batched] == [label for label, _ in CASES]
+    assert opened == alone  # one at a time both ways: the same onnxruntime call on the same numbers
     for b, a in zip(batched, alone):
         assert b.label == a.label and b.width == a.width and b.height == a.height
         assert b.score == pytest.approx(a.score, abs=1e-5)
