@@ -60,11 +60,13 @@ class Preprocessing:
     def resize_image(self, rgb: np.ndarray | Image.Image) -> np.ndarray:
         """RGB uint8 (H, W, 3), or an RGB Pillow image, of any size -> RGB uint8 array at the input size."""
         height, width = self.size
-        image = rgb if isinstance(rgb, Image.Image) else None
-        if (image.size if image is not None else (rgb.shape[1], rgb.shape[0])) == (width, height):
-            return np.asarray(rgb)
-        image = image if image is not None else Image.fromarray(rgb)
-        return np.asarray(image.resize((width, height), _INTERPOLATION[self.interpolation]))
+        if isinstance(rgb, np.ndarray):
+            if rgb.shape[:2] == (height, width):
+                return rgb
+            rgb = Image.fromarray(rgb)
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), _INTERPOLATION[self.interpolation])
+        return np.asarray(rgb)
 
     def normalize(self, resized: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) or (N, H, W, 3) -> float32 (3, H, W) or (N, 3, H, W)."""
