@@ -90,6 +90,24 @@ class _TimmTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
 
+    def stages(self) -> list[nn.Module]:
+        m = self.model  # timm EfficientNet.forward_features: stem, blocks, head conv, in this order
+        return [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]
+
+
+def trunk_stages(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk as a chain: applying these modules in order is ``trunk(x)``.
+
+    Training uses it to cache the output of the frozen bottom of the network
+    (the stages with no trainable parameter) and run only the rest. The
+    modules are the trunk's own (shared weights, nothing copied).
+    """
+    if isinstance(trunk, _TimmTrunk):
+        return trunk.stages()
+    if isinstance(trunk, nn.Sequential):
+        return list(trunk)
+    return [trunk]
+
 
 def _lite(variant: int) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:

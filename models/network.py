@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from clsloc.preprocess import Preprocessing
-from models.backbones import get_backbone
+from models.backbones import get_backbone, trunk_stages
 from models.heads import BoxHead, ClassificationHead
 
 
@@ -14,7 +14,9 @@ class ClsLocNet(nn.Module):
     """image (N, 3, H, W) -> (logits (N, C), boxes (N, K, 4) normalized xyxy).
 
     ``forward_features`` and ``forward_heads`` are split so training can cache
-    the frozen backbone's features once and train the heads on them.
+    the frozen backbone's features once and train the heads on them;
+    ``forward_trunk`` / ``forward_top`` split the same way at any trunk stage,
+    so fine-tuning can cache what its frozen bottom computes.
     """
 
     def __init__(
@@ -45,6 +47,25 @@ class ClsLocNet(nn.Module):
 
     def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_head(features), self.box_head(features)
+
+    def frozen_stages(self) -> int:
+        """How many leading trunk stages have no trainable parameter: their output can be cached."""
+        count = 0
+        for stage in trunk_stages(self.backbone):
+            if any(p.requires_grad for p in stage.parameters()):
+                break
+            count += 1
+        return count
+
+    def forward_trunk(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Trunk stages ``start`` to ``stop`` (exclusive; None = to the end) of ``trunk_stages``."""
+        for stage in trunk_stages(self.backbone)[start:stop]:
+            x = stage(x)
+        return x
+
+    def forward_top(self, activations: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network from trunk stage ``start`` on: ``forward_top(forward_trunk(x, 0, k), k) == forward(x)``."""
+        return self.forward_heads(self.forward_trunk(activations, start))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward_heads(self.forward_features(x))

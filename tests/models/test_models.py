@@ -5,7 +5,7 @@ import torch
 
 from clsloc.preprocess import LITE_MEAN, LITE_STD
 from models import BackboneError, ExportWrapper, build_model, select_boxes
-from models.backbones import lite_checkpoint_path, load_lite_imagenet
+from models.backbones import lite_checkpoint_path, load_lite_imagenet, trunk_stages
 
 torch.set_num_threads(2)
 
@@ -62,6 +62,24 @@ def test_map_head_sees_position_pooled_head_does_not():
     with torch.no_grad():
         assert not torch.allclose(model.box_head(a), model.box_head(b))
         assert torch.allclose(pooled.box_head(a), pooled.box_head(b))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_the_network_splits_at_any_trunk_stage(backbone):
+    """trunk_stages chain to the trunk, so training may cache any frozen bottom and run only the top."""
+    torch.manual_seed(0)
+    model = build_model(backbone, 3, pretrained=False, input_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, boxes = model(x)
+        stages = trunk_stages(model.backbone)
+        assert len(stages) >= 6
+        for k in range(len(stages) + 1):
+            top_logits, top_boxes = model.forward_top(model.forward_trunk(x, 0, k), k)
+            torch.testing.assert_close(top_logits, logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(top_boxes, boxes, rtol=1e-5, atol=1e-5)
+    # the stages are the trunk's own modules: no copy of any weight
+    assert {id(p) for s in stages for p in s.parameters()} == {id(p) for p in model.backbone.parameters()}
 
 
 def test_select_boxes_picks_the_predicted_class_row():
