@@ -64,6 +64,9 @@ class TrainConfig:
     crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 augmentation)
     crop_scale: float = 0.7  # smallest crop side, as a fraction of the image side
     cache_views: int = 2  # stage 1 feature views per training image: 1 = as is, 2 = + mirror, more = + augmented copies
+    # Stage 2 on the frozen bottom's cached output per view (only the top runs): 1.3x faster folds but
+    # measured worse than fresh augmentation (loc accuracy 0.858 vs 0.886 on 3 folds), so off by default.
+    finetune_cache: bool = False
     patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
     monitor: str = "mean_iou"
     # runtime
@@ -148,7 +151,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop")
     g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
     g.add_argument("--cache-views", type=int, default=d.cache_views,
-                   help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies)")
+                   help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "
+                        "copies); with --finetune-cache stage 2 draws one of them per image each epoch")
+    g.add_argument("--finetune-cache", action="store_true",
+                   help="stage 2 runs only the trained top on the frozen bottom's cached output, one of the "
+                        "--cache-views views per image each epoch, instead of the whole network on freshly "
+                        "augmented images (faster, measured less accurate)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")
     g.add_argument("--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt")
     g = parser.add_argument_group("runtime")

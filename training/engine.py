@@ -2,8 +2,9 @@
 
 In the style of torchvision's ``references/``: plain functions over a model,
 a loader and an optimizer. The model is a ``models.ClsLocNet``:
-``forward_features`` (backbone) and ``forward_heads`` (heads) are called
-separately so stage 1 can train the heads on features computed once.
+``forward_trunk`` (the backbone, or its first stages) and ``forward_heads``
+/ ``forward_top`` (what comes after) are called separately, so the frozen part
+runs once and training runs only the rest on what it computed.
 """
 
 from __future__ import annotations
@@ -222,21 +223,30 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
 
 
 @torch.no_grad()
-def compute_features(model, loader, device: torch.device, *, desc: str = "features", progress: bool = True,
-                     amp: bool = False) -> torch.utils.data.TensorDataset:
-    """Run the frozen backbone once over ``loader``: -> TensorDataset(features, labels, boxes)."""
+def compute_features(model, loader, device: torch.device, *, stops=(None,), desc: str = "features",
+                     progress: bool = True, amp: bool = False) -> list[torch.utils.data.TensorDataset]:
+    """Run the frozen network once over ``loader``, keeping the trunk's output after each of
+    ``stops`` (trunk stage counts, ascending; None = the whole trunk: the heads' input).
+
+    -> one TensorDataset(activations, labels, boxes) per stop, from a single pass.
+    """
     model.eval()
-    feats, labels, boxes = [], [], []
+    outs: list[list[torch.Tensor]] = [[] for _ in stops]
+    labels, boxes = [], []
     for x, y, b in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         x = x.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+        done = 0
         with torch.autocast(device.type, enabled=amp):
-            f = model.forward_features(x)
-        feats.append(f.float().contiguous().cpu())
+            for out, stop in zip(outs, stops):
+                x = model.forward_trunk(x, done, stop)
+                done = stop
+                out.append(x.float().contiguous().cpu())
         labels.append(torch.as_tensor(y))
         boxes.append(torch.as_tensor(b))
-    return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels), torch.cat(boxes))
+    labels_t, boxes_t = torch.cat(labels), torch.cat(boxes)
+    return [torch.utils.data.TensorDataset(torch.cat(out), labels_t, boxes_t) for out in outs]
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool, depth: float = 1.0) -> None:

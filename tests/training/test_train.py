@@ -121,6 +121,34 @@ def test_resume_equals_an_unbroken_run(synth, unbroken, tmp_path, cli, kill_at):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_resume_with_cached_finetuning_equals_an_unbroken_run(synth, tmp_path, cli):
+    """--finetune-cache: the views are rebuilt on resume and each epoch draws the same ones."""
+    from dataclasses import replace
+
+    from training.data import prepare_splits
+    from training.fit import fit
+
+    config = replace(_resume_config(synth), finetune_cache=True, cache_views=3)
+    splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
+    fit(config, splits, tmp_path / "unbroken", progress=False, log_epochs=False)
+
+    def kill(stage, epoch, record):
+        if (stage, epoch) == (2, 1):
+            raise Killed
+        return False
+
+    with pytest.raises(Killed):
+        fit(config, splits, tmp_path / "killed", progress=False, log_epochs=False, epoch_callback=kill)
+    assert cli("train", "--resume", tmp_path / "killed", "--quiet") == 0
+    hist_a = [json.loads(line) for line in (tmp_path / "unbroken" / "metrics.jsonl").read_text().splitlines()]
+    hist_b = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in hist_a] == [1, 1, 1, 2, 2]
+    for ha, hb in zip(hist_a, hist_b, strict=True):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5)
+        assert ha["val_mean_iou"] == pytest.approx(hb["val_mean_iou"], abs=1e-6)
+
+
 @pytest.mark.parametrize("per_class", [False, True], ids=["agnostic", "per-class"])
 def test_agnostic_and_per_class_heads(tiny, synth3, cli, tmp_path, per_class):
     run = tmp_path / "run"
@@ -217,6 +245,57 @@ def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tm
     half = len(names) - round(0.5 * len(names))
     assert not any(changed[:half]), "the bottom half of the backbone must stay frozen"
     assert sum(changed[half:]) > 0.8 * (len(names) - half), "the top half must be fine-tuned"
+
+
+def test_frozen_stages_are_the_untrained_bottom():
+    from models import build_model
+    from models.backbones import trunk_stages
+    from training.engine import set_backbone_trainable
+
+    model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
+    stages = trunk_stages(model.backbone)
+    set_backbone_trainable(model, True, 0.5)
+    k = model.frozen_stages()
+    assert 0 < k < len(stages)
+    assert not any(p.requires_grad for s in stages[:k] for p in s.parameters())
+    assert any(p.requires_grad for p in stages[k].parameters())
+    set_backbone_trainable(model, True, 1.0)
+    assert model.frozen_stages() == 0
+
+
+def test_cached_finetuning_is_the_whole_network_computation(synth, tiny_config):
+    """Stage 2 on the frozen bottom's cached output runs what the whole network would: without
+    augmentation (one view) a cached and a fresh run agree epoch by epoch."""
+    from training.data import prepare_splits
+    from training.fit import fit
+
+    runs = []
+    for cached in (True, False):
+        config = tiny_config([synth], epochs=2, finetune_epochs=2, augment=False, finetune_cache=cached)
+        splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
+        runs.append(fit(config, splits, None, progress=False, log_epochs=False))
+    cached, fresh = runs
+    assert [h["stage"] for h in cached.history] == [1, 1, 2, 2]
+    for a, b in zip(cached.history, fresh.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_mean_iou"] == pytest.approx(b["val_mean_iou"], abs=1e-4)
+    assert cached.metrics["mean_iou"] == pytest.approx(fresh.metrics["mean_iou"], abs=1e-4)
+
+
+def test_cached_views_draw_one_view_per_image_each_epoch():
+    from training.fit import CachedViews
+
+    views = [torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
+             for v in range(3)]
+    data = CachedViews(views)
+    seen = []
+    for epoch in range(2):
+        data.draw(torch.Generator().manual_seed(epoch))
+        seen.append([int(data[i][0]) for i in range(len(data))])
+        again = CachedViews(views)
+        again.draw(torch.Generator().manual_seed(epoch))
+        assert [int(again[i][0]) for i in range(len(again))] == seen[-1]  # the epoch's seed decides (resume)
+    assert seen[0] != seen[1] and all(set(s) == {0, 1, 2} for s in seen)
 
 
 def test_finetune_depth_must_be_a_fraction(tiny, synth, cli, tmp_path, capsys):
