@@ -11,7 +11,7 @@ def test_help_shows_defaults_but_not_for_switches(command, capsys):
         main([command, "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--epochs EPOCHS stage 1 epochs: heads on the frozen backbone (default: 40)" in text
+    assert "--epochs EPOCHS stage 1 epochs: heads on the frozen backbone (default: 16)" in text
     # a switch like --no-pretrained is off by default; "(default: True)" would say the opposite
     assert "random backbone weights (tests) --attach" in text
     assert "(default: True)" not in text and "(default: False)" not in text
