@@ -20,7 +20,8 @@ from pathlib import Path
 
 DEFAULT_MODEL = "clsloc-default"
 # The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes.
-DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8}
+# A placeholder trained on synthetic shapes: 2 cached views (not training's 8) keep the first start quick.
+DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8, "cache_views": 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,8 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
     with tempfile.TemporaryDirectory(prefix="clsloc-default-") as tmp:
         synth, run, out = Path(tmp, "synth"), Path(tmp, "run"), Path(tmp, "model")
         _clsloc("data", "synth", str(synth), "--images", str(recipe["images"]), "--classes", str(recipe["classes"]))
-        train = ["train", str(synth), "--out", str(run), "--epochs", str(recipe["epochs"]), "--finetune-epochs", "0"]
+        train = ["train", str(synth), "--out", str(run), "--epochs", str(recipe["epochs"]), "--finetune-epochs", "0",
+                 "--cache-views", str(recipe["cache_views"])]
         if recipe.get("image_size"):
             train += ["--image-size", str(recipe["image_size"])]
         _clsloc(*train)
