@@ -12,7 +12,7 @@ with the heads at a lower rate on freshly augmented images, starting from the
 best stage-1 weights. With ``--finetune-cache`` its frozen bottom's output is
 cached too, per view, in the same pass as stage 1's features, and each epoch
 draws one cached view per image so only the trained top runs, forward and
-back: 1.7x the images/s on a CPU, but measured less accurate than fresh
+back: about 1.6x the images/s on a CPU, but measured less accurate than fresh
 augmentation (README), so it is an option for quick experiments.
 
 Both stages: per-step learning-rate decay, early stopping on a validation
@@ -160,7 +160,8 @@ class FeatureCache:
                 also: tuple[int, ...] = (), amp=False, progress=True, desc=""):
         todo = [r for r in records if (str(r.image), view, depth) not in self._cache]
         if todo:
-            stops = sorted({*also, *([depth] if depth is not None else [])}) + ([None] if depth is None else [])
+            wanted = {depth, *also}  # trunk depths in ascending order, the whole trunk (None) last
+            stops = sorted(d for d in wanted if d is not None) + ([None] if None in wanted else [])
             loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, view=view), batch_size=32)
             outs = compute_features(model, loader, device, stops=stops, desc=desc, amp=amp, progress=progress)
             for stop, ds in zip(stops, outs):
@@ -328,16 +329,17 @@ def fit(
             state.update(stage=stage, epoch=0, stage_done=False, bad_epochs=0)
         start = cached_finetune_start(model, config)  # stage 2's cached bottom, computed with stage 1's features
         cache_args = dict(amp=amp, progress=progress and rank_main)
+        also = (start,) if start else ()
         if stage == 1:
             set_backbone_trainable(model, False)
             store.load(splits.train + splits.val)
             train_sets = [
-                features.dataset(model, splits.train, store, class_index, device, view=view, also=(start,) if start else (),
+                features.dataset(model, splits.train, store, class_index, device, view=view, also=also,
                                  desc=f"features (train, view {view + 1}/{config.cache_views})", **cache_args)
                 for view in range(config.cache_views)
             ]
             train_set = torch.utils.data.ConcatDataset(train_sets)
-            val_set = features.dataset(model, splits.val, store, class_index, device, also=(start,) if start else (),
+            val_set = features.dataset(model, splits.val, store, class_index, device, also=also,
                                        desc="features (val)", **cache_args)
             trainable: nn.Module = Heads(model)
             groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
@@ -413,8 +415,7 @@ def fit(
                 state["history"].append({"stage": stage, "epoch": epoch, "exploded": True, "train_loss": stats.loss})
                 break
             model.eval()
-            head_forward = model.forward_heads if stage == 1 else trainable
-            report = evaluate(head_forward, val_loader, splits.val, classes, device,
+            report = evaluate(trainable, val_loader, splits.val, classes, device,
                               box_kind=config.box_loss, box_weight=config.box_weight, amp=amp)
             record = {
                 "stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
