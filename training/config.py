@@ -67,7 +67,7 @@ class TrainConfig:
     # README): 8 views x 16 epochs beat 2 x 40 (accuracy 0.994 vs 0.989, loc accuracy 0.857 vs 0.848).
     cache_views: int = 8
     # Stage 2 on the frozen bottom's cached output per view (only the top runs): 1.35x faster folds but
-    # measured worse than fresh augmentation (5-fold CV loc accuracy 0.836 vs 0.857), so off by default.
+    # measured worse than fresh augmentation (5-fold CV loc accuracy 0.835 vs 0.857), so off by default.
     finetune_cache: bool = False
     patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
     monitor: str = "mean_iou"
