@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = "clsloc-default"
-# The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes.
-# A placeholder trained on synthetic shapes: 2 cached views (not training's 8) keep the first start quick.
+# The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes (a placeholder:
+# 2 cached views, not training's 8, keep the first start quick).
 DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8, "cache_views": 2}
 
 
