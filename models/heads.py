@@ -45,12 +45,14 @@ class BoxHead(nn.Module):
         hidden: int = 256,
         reduced: int = 64,
         dropout: float = 0.2,
+        bins: int = 0,
     ):
         super().__init__()
         if attach not in ("map", "pooled"):
             raise ValueError(f"attach must be 'map' or 'pooled', got {attach!r}")
         self.attach = attach
         self.num_boxes = num_boxes
+        self.bins = bins
         if attach == "map":
             # A 1x1 conv shrinks channels so the fully connected layer sees every position.
             self.reduce = nn.Sequential(
@@ -65,9 +67,16 @@ class BoxHead(nn.Module):
             nn.Linear(in_features, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(hidden, num_boxes * 4),
+            nn.Linear(hidden, num_boxes * 4 * max(1, bins)),
         )
+        if bins:
+            self.register_buffer("positions", torch.linspace(0.0, 1.0, bins), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cxcywh = torch.sigmoid(self.mlp(self.reduce(features))).view(-1, self.num_boxes, 4)
+        out = self.mlp(self.reduce(features))
+        if self.bins:
+            # Each corner coordinate is the expectation of a softmax over `bins` positions in [0, 1].
+            probs = torch.softmax(out.view(-1, self.num_boxes, 4, self.bins).float(), dim=-1)
+            return (probs * self.positions).sum(-1)
+        cxcywh = torch.sigmoid(out).view(-1, self.num_boxes, 4)
         return box_convert(cxcywh, "cxcywh", "xyxy")

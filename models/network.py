@@ -31,11 +31,15 @@ class ClsLocNet(nn.Module):
         dropout: float = 0.2,
         backbone_name: str = "",
         preprocessing: Preprocessing | None = None,
+        box_bins: int = 0,
+        flip_tta: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
         self.cls_head = ClassificationHead(channels, num_classes, dropout)
-        self.box_head = BoxHead(channels, map_size, num_classes if per_class else 1, attach, dropout=dropout)
+        self.box_head = BoxHead(channels, map_size, num_classes if per_class else 1, attach, dropout=dropout,
+                                bins=box_bins)
+        self.flip_tta = flip_tta
         self.num_classes = num_classes
         self.per_class = per_class
         self.attach = attach
@@ -68,7 +72,17 @@ class ClsLocNet(nn.Module):
         return self.forward_heads(self.forward_trunk(activations, start))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flip_tta and not self.training:
+            return self._forward_flip_tta(x)
         return self.forward_heads(self.forward_features(x))
+
+    def _forward_flip_tta(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test-time augmentation: the image and its mirror in one batch, logits and boxes averaged
+        (the mirror's boxes flipped back first)."""
+        n = x.shape[0]
+        logits, boxes = self.forward_heads(self.forward_features(torch.cat([x, x.flip(-1)])))
+        mirrored = torch.stack([1.0 - boxes[n:, :, 2], boxes[n:, :, 1], 1.0 - boxes[n:, :, 0], boxes[n:, :, 3]], -1)
+        return 0.5 * (logits[:n] + logits[n:]), 0.5 * (boxes[:n] + mirrored)
 
     def head_parameters(self):
         return [*self.cls_head.parameters(), *self.box_head.parameters()]
@@ -103,6 +117,8 @@ def build_model(
     pretrained: bool = True,
     dropout: float = 0.2,
     input_size: int | None = None,
+    box_bins: int = 0,
+    flip_tta: bool = False,
 ) -> ClsLocNet:
     """Build a ClsLocNet. ``input_size`` overrides the backbone's (small sizes make fast tests)."""
     if num_classes < 2:
@@ -124,4 +140,6 @@ def build_model(
         dropout=dropout,
         backbone_name=backbone,
         preprocessing=preprocessing,
+        box_bins=box_bins,
+        flip_tta=flip_tta,
     )

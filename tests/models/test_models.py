@@ -51,6 +51,53 @@ def test_heads_shapes_and_normalized_xyxy(attach, per_class):
     assert (clamped[..., 2] >= clamped[..., 0]).all() and (clamped[..., 3] >= clamped[..., 1]).all()
 
 
+@pytest.mark.parametrize("per_class", [False, True])
+def test_binned_box_head_gives_expected_corners_in_the_image(per_class):
+    """--box-bins: each corner is the softmax-weighted mean of the bin positions, so it stays in [0, 1]
+    and a bin taking all the weight puts the corner exactly there."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, per_class=per_class, pretrained=False, input_size=64, box_bins=8).eval()
+    with torch.no_grad():
+        _, boxes = model(torch.randn(4, 3, 64, 64))
+    assert boxes.shape == (4, 3 if per_class else 1, 4)
+    assert boxes.min() >= 0 and boxes.max() <= 1
+    head = model.box_head
+    last = head.mlp[-1]
+    with torch.no_grad():  # all the weight on bin 2 of 8 for every coordinate: corners at 2/7
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        last.bias.view(-1, 8)[:, 2] = 50.0
+        out = head(torch.randn(2, 512, 2, 2))
+    torch.testing.assert_close(out, torch.full_like(out, 2 / 7))
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    """--tta: the prediction is the mean of the plain and the mirrored pass, so mirroring the input
+    mirrors the box and keeps the class scores; training mode is untouched."""
+    torch.manual_seed(0)
+    plain = build_model("resnet18", 3, pretrained=False, input_size=64).eval()
+    tta = build_model("resnet18", 3, pretrained=False, input_size=64, flip_tta=True).eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, boxes = tta(x)
+        logits_m, boxes_m = tta(x.flip(-1))
+        a_logits, a_boxes = plain(x)
+        b_logits, b_boxes = plain(x.flip(-1))
+    torch.testing.assert_close(logits, 0.5 * (a_logits + b_logits))
+    mirror = lambda b: torch.stack([1 - b[..., 2], b[..., 1], 1 - b[..., 0], b[..., 3]], -1)  # noqa: E731
+    torch.testing.assert_close(boxes, 0.5 * (a_boxes + mirror(b_boxes)))
+    torch.testing.assert_close(logits_m, logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(boxes_m, mirror(boxes), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(boxes, a_boxes)  # the mirror pass really took part
+    tta.train()
+    torch.manual_seed(1)
+    train_out = tta(x)[0]
+    plain.train()
+    torch.manual_seed(1)
+    torch.testing.assert_close(train_out, plain(x)[0])
+
+
 def test_map_head_sees_position_pooled_head_does_not():
     """Moving a feature blob changes the map head's input; the pooled head's input is the same."""
     model = build_model("resnet18", 2, attach="map", pretrained=False, input_size=64).eval()
