@@ -58,6 +58,8 @@ def model_from_config(config: dict):
         pretrained=False,
         dropout=config.get("dropout", 0.0),
         input_size=int(config["preprocessing"]["size"][0]),
+        box_bins=config.get("box_bins", 0),
+        flip_tta=config.get("tta", False),
     )
 
 

@@ -42,6 +42,8 @@ class TrainConfig:
     per_class: bool = False
     dropout: float = 0.2
     image_size: int = 0  # network input side; 0 = the backbone's own (224 for Lite0)
+    box_bins: int = 0  # 0: sigmoid box head; N: each corner is the expectation of a softmax over N positions
+    tta: bool = False  # predict on the image and its mirror, average (validation, export, serving)
     # stage 1: heads on the frozen backbone (features cached when possible)
     epochs: int = 16  # over cache_views views of each image
     lr: float = 1e-3
@@ -63,6 +65,8 @@ class TrainConfig:
     augment: bool = True
     crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 augmentation)
     crop_scale: float = 0.7  # smallest crop side, as a fraction of the image side
+    zoom_out_p: float = 0.0  # probability of placing the image on a larger grey canvas (smaller objects)
+    zoom_out_max: float = 2.0  # largest canvas side / image side
     # Stage-1 views per training image: 1 = as is, 2 = + mirror, more = + augmented copies. Measured (5-fold CV,
     # README): 8 views x 16 epochs beat 2 x 40 (accuracy 0.994 vs 0.989, loc accuracy 0.857 vs 0.848).
     cache_views: int = 8
@@ -104,6 +108,10 @@ class TrainConfig:
         for name in ("lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"option {name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.zoom_out_p <= 1.0 or self.zoom_out_max < 1.0:
+            raise ValueError(f"option zoom_out_p={self.zoom_out_p} must be in [0, 1], zoom_out_max={self.zoom_out_max} >= 1")
+        if self.box_bins < 0 or self.box_bins == 1:
+            raise ValueError(f"option box_bins={self.box_bins} must be 0 (sigmoid head) or >= 2")
         if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:
             raise ValueError("weight_decay and box_weight must be >= 0, dropout in [0, 1)")
 
@@ -133,6 +141,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--per-class", action="store_true", help="one box per class (C x 4) instead of one class-agnostic box")
     g.add_argument("--dropout", type=float, default=d.dropout)
     g.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels, 0 = the backbone's own")
+    g.add_argument("--box-bins", type=int, default=d.box_bins,
+                   help="0: sigmoid box head; N: each box corner is the expectation of a softmax over N positions")
+    g.add_argument("--tta", action="store_true", help="predict on the image and its mirror and average both")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs, help="stage 1 epochs: heads on the frozen backbone")
     g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate")
@@ -152,6 +163,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
     g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop")
     g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
+    g.add_argument("--zoom-out-p", type=float, default=d.zoom_out_p,
+                   help="probability of placing the image on a larger grey canvas (makes objects smaller)")
+    g.add_argument("--zoom-out-max", type=float, default=d.zoom_out_max, help="largest canvas side / image side")
     g.add_argument("--cache-views", type=int, default=d.cache_views,
                    help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "
                         "copies); with --finetune-cache stage 2 draws one of them per image each epoch")

@@ -255,8 +255,6 @@ def fit(
     this factor x the first batch's loss, or is NaN (the lecture's "cost >
     3x original cost: break out early"); the result's ``exploded`` says so.
     """
-    from models import build_model
-
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -271,10 +269,7 @@ def fit(
     classes = list(splits.classes)
     class_index = {c: i for i, c in enumerate(classes)}
     seed_everything(config.seed)
-    model = build_model(
-        config.backbone, len(classes), attach=config.attach, per_class=config.per_class,
-        pretrained=config.pretrained, dropout=config.dropout, input_size=input_size or config_input_size(config),
-    )
+    model = model_for(config, len(classes), input_size=input_size)
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # measured faster for the conv trunk on CPU
@@ -358,7 +353,7 @@ def fit(
                                            desc="activations (val)", **cache_args)
                 trainable = Top(model, start)
             else:
-                transform = train_transform(config.crop_p, config.crop_scale)
+                transform = train_transform(config.crop_p, config.crop_scale, config.zoom_out_p, config.zoom_out_max)
                 train_set = (AugmentedDataset(splits.train, store, class_index, transform) if config.augment
                              else FixedDataset(splits.train, store, class_index))
                 val_set = FixedDataset(splits.val, store, class_index)
@@ -501,8 +496,15 @@ def _freeze_batchnorm(module: nn.Module) -> None:
         module.eval()
 
 
-def config_input_size(config: TrainConfig) -> int | None:
-    return config.image_size or None
+def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None = None, dropout: float | None = None):
+    """The network ``config`` describes (training, the sanity check), before any training."""
+    from models import build_model
+
+    return build_model(
+        config.backbone, num_classes, attach=config.attach, per_class=config.per_class,
+        pretrained=config.pretrained, dropout=config.dropout if dropout is None else dropout,
+        input_size=input_size or config.image_size or None, box_bins=config.box_bins, flip_tta=config.tta,
+    )
 
 
 def format_epoch(r: dict, epochs: int) -> str:

@@ -42,14 +42,12 @@ class SanityReport:
 
 
 def sanity_check(config: TrainConfig, splits: Splits, *, verbose: bool = True, cranked_reg: float = CRANKED_REG) -> SanityReport:
-    from models import build_model
-    from training.fit import FeatureCache, pick_device, seed_everything
+    from training.fit import FeatureCache, model_for, pick_device, seed_everything
 
     device = pick_device(config.device)
     seed_everything(config.seed)
     classes = splits.classes
-    model = build_model(config.backbone, len(classes), attach=config.attach, per_class=config.per_class,
-                        pretrained=config.pretrained, dropout=0.0, input_size=config.image_size or None).to(device)
+    model = model_for(config, len(classes), dropout=0.0).to(device)
     set_backbone_trainable(model, False)
     model.eval()  # regularization off: no dropout; batch statistics do not matter here
     records = splits.train[:MAX_IMAGES]

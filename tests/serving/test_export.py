@@ -179,3 +179,34 @@ def test_export_command_reports_a_missing_run_without_a_traceback(tmp_path):
     result = clsloc("export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "m"))
     assert result.returncode == 2
     assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
+    """A run trained with --box-bins and --tta exports a graph that computes exactly that:
+    ONNX agrees with the PyTorch model averaged over the image and its mirror."""
+    import torch
+
+    from models import ExportWrapper
+    from serving.engine import Engine
+    from training.checkpoint import load_run, load_split
+    from training.export import export_run
+
+    assert clsloc("data", "synth", str(tmp_path / "synth"), "--images", "24", "--classes", "2").returncode == 0
+    train = clsloc("train", str(tmp_path / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                   "--finetune-epochs", "0", "--image-size", "64", "--threads", "1", "--quiet",
+                   "--box-bins", "8", "--tta")
+    assert train.returncode == 0, train.stderr[-3000:]
+    export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)  # raises if parity fails
+    model, config = load_run(tmp_path / "run")
+    assert model.flip_tta and model.box_head.bins == 8 and config["tta"]
+    engine = Engine(tmp_path / "model", threads=1)
+    _, val = load_split(tmp_path / "run")
+    batch = engine.preprocessing.batch([engine.decode(r.image) for r in val[:4]])
+    x = torch.from_numpy(batch)
+    with torch.inference_mode():
+        _, boxes = ExportWrapper(model)(x)
+        model.flip_tta = False
+        _, plain_boxes = ExportWrapper(model)(x)
+    _, onnx_boxes = engine.run(batch)
+    np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-4)
+    assert np.abs(onnx_boxes - plain_boxes.numpy()).max() > 1e-3  # the mirror pass is in the graph

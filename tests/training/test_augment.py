@@ -27,16 +27,18 @@ def _object_box(rgb: np.ndarray) -> np.ndarray:
     return np.array([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
 
 
+@pytest.mark.parametrize("zoom_out_p", [0.0, 1.0], ids=["crop-flip", "zoom-out"])
 @pytest.mark.parametrize("box", [(40, 30, 120, 90), (0, 0, 60, 140), (150, 100, 200, 150), (10, 20, 190, 130)])
-def test_augmented_box_stays_on_the_object(box):
+def test_augmented_box_stays_on_the_object(box, zoom_out_p):
     from training.data import Sample, augment, train_transform
 
     width, height = 200, 150
     rgb = _scene(width, height, box)
     norm = np.array(box, dtype=np.float32) / np.array([width, height, width, height], dtype=np.float32)
     sample = Sample(fixed=rgb, large=torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), box=norm)
-    transform = train_transform()
+    transform = train_transform(zoom_out_p=zoom_out_p, zoom_out_max=3.0)
     changed = 0
+    areas = []
     for seed in range(40):
         torch.manual_seed(seed)
         out, out_box = augment(sample, transform)
@@ -46,7 +48,13 @@ def test_augmented_box_stays_on_the_object(box):
         # the crop keeps the whole object: every red pixel is still there
         assert truth.min() >= 0 and truth.max() <= 1
         changed += not np.allclose(out_box, norm, atol=1e-3)
+        areas.append((out_box[2] - out_box[0]) * (out_box[3] - out_box[1]))
     assert changed >= 10  # the augmentation really moves things (a centred box survives a flip unchanged)
+    area = (norm[2] - norm[0]) * (norm[3] - norm[1])
+    if zoom_out_p:  # every image lands on a larger canvas (up to 3x the side): objects end up smaller
+        assert np.median(areas) < 0.7 * area
+    else:  # crops only zoom in: the object never shrinks
+        assert min(areas) >= area - 1e-3
 
 
 def test_crop_never_cuts_the_target_box():

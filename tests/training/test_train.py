@@ -303,6 +303,17 @@ def test_finetune_depth_must_be_a_fraction(tiny, synth, cli, tmp_path, capsys):
     assert "finetune_depth=0.0 must be in (0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--box-bins", "1"], "box_bins=1 must be 0 (sigmoid head) or >= 2"),
+    (["--zoom-out-p", "1.5"], "zoom_out_p=1.5 must be in [0, 1]"),
+    (["--zoom-out-max", "0.5"], "zoom_out_max=0.5 >= 1"),
+])
+def test_bad_head_and_augmentation_options_are_named(tiny, synth, cli, tmp_path, capsys, flags, message):
+    assert cli("train", synth, *tiny, *flags, "--out", tmp_path / "run") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 def test_update_weight_ratio_warning_only_when_it_means_something():
     from training.fit import ratio_warning
 
