@@ -4,7 +4,7 @@
 
 Same folds, same run, side by side:
 
-* ours     — ``clsloc train`` defaults (box head on the 7x7 map, frozen stage
+* ours     — ``clsloc train`` defaults (box head on the feature map, frozen stage
              on cached features, then fine-tuning with augmentation);
 * pooled   — the same recipe with the box head on pooled features (``--attach pooled``);
 * meanbox  — no network: the majority training class and the mean training box.
@@ -69,17 +69,15 @@ def main() -> int:
     from training.cpu import tune_cpu_allocator
 
     tune_cpu_allocator()
-    from models import get_backbone
     from training.config import TrainConfig
-    from training.cv import cross_validate, fold_splits
-    from training.data import ImageStore
+    from training.cv import cross_validate, fold_splits, image_store
     from training.fit import FeatureCache
 
     config = TrainConfig(datasets=DATASETS)  # the defaults of `clsloc train`
     if args.finetune_epochs is not None:
         config = replace(config, finetune_epochs=args.finetune_epochs)
     splits, classes = fold_splits(config, args.folds)
-    store = ImageStore(get_backbone(config.backbone).preprocessing())
+    store = image_store(config)
     features = FeatureCache()
     results, seconds = {}, {}
     for variant in args.variants:
@@ -95,7 +93,8 @@ def main() -> int:
 
     n = sum(len(s.val) for s in splits)
     print(f"\n{args.folds}-fold cross-validation on {n} photos ({', '.join(classes)}), "
-          f"default settings (lite0, head on the map, {config.epochs} frozen + {config.finetune_epochs} fine-tune epochs)")
+          f"default settings ({config.backbone} at {config.image_size or 'its own'} px, head on the map, "
+          f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'})")
     header = f"{'variant':<10}" + "".join(f"{k:>22}" for k in KEYS) + f"{'time':>9}"
     print(header)
     for variant, r in results.items():

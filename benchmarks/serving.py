@@ -290,7 +290,7 @@ def table(rows: list[tuple]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="training run to benchmark (default: make a small one on synthetic data)")
-    parser.add_argument("--image-size", type=int, default=0, help="input size of the run made here (0: backbone default)")
+    parser.add_argument("--image-size", type=int, default=0, help="input size of the run made here (0: training's default)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     parser.add_argument("--seconds", type=float, default=15, help="time per measurement")
     parser.add_argument("--requests", type=int, default=2000, help="most requests per HTTP measurement")

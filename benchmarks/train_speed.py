@@ -10,8 +10,8 @@ channels_last), same optimizer settings:
   in-memory tensor batch;
 * fresh (the default stage 2): ``training.engine.train_one_epoch`` over a
   DataLoader of ``training.data.AugmentedDataset`` on the shared photos —
-  decoded images in memory, crop/flip/colour augmentation, Preprocessing,
-  loss, update/weight ratio bookkeeping;
+  decoded images in memory, the default augmentation (``training.fit.augmentation``
+  plus colour), Preprocessing, loss, update/weight ratio bookkeeping;
 * cached (``--finetune-cache``): the same loop over ``training.fit.CachedViews``,
   the frozen bottom's output per cached view, so only the trained top runs.
   Building the cache (each view augmented and run through the bottom once) is
@@ -49,16 +49,16 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from models import build_model
     from training.config import TrainConfig
     from training.data import AugmentedDataset, ImageStore, prepare_splits
     from training.engine import compute_loss, set_backbone_trainable, train_one_epoch
-    from training.fit import CachedViews, FeatureCache, Top, _freeze_batchnorm, cached_finetune_start, make_optimizer
+    from training.fit import (CachedViews, FeatureCache, Top, _freeze_batchnorm, augmentation, cached_finetune_start,
+                              make_optimizer, model_for)
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
     torch.manual_seed(0)
-    model = build_model(args.backbone, len(splits.classes)).to(memory_format=torch.channels_last)
+    model = model_for(config, len(splits.classes)).to(memory_format=torch.channels_last)
     start = cached_finetune_start(model, config)
     model.train()
     model.backbone.apply(_freeze_batchnorm)
@@ -71,7 +71,7 @@ def main() -> int:
     t = time.perf_counter()
     store.load(records)
     decode_s = time.perf_counter() - t
-    dataset = AugmentedDataset(records, store, class_index)
+    dataset = AugmentedDataset(records, store, class_index, augmentation(config))
     device = torch.device("cpu")
     h, w = model.preprocessing.size
 
@@ -88,8 +88,8 @@ def main() -> int:
         if isinstance(data, CachedViews):
             data.draw(torch.Generator().manual_seed(len(bares)))
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
-        stats = train_one_epoch(forward, loader, optimizer, box_kind="mse", box_weight=5.0, device=device,
-                                progress=False)
+        stats = train_one_epoch(forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
+                                device=device, progress=False)
         return stats.n / stats.seconds
 
     x = torch.randn(args.batch_size, 3, h, w).contiguous(memory_format=torch.channels_last)
@@ -100,7 +100,7 @@ def main() -> int:
         start = time.perf_counter()
         for _ in range(args.batches):
             logits, boxes = model(x)
-            loss = compute_loss(logits, boxes, y, b, box_kind="mse", box_weight=5.0).total
+            loss = compute_loss(logits, boxes, y, b, box_kind=config.box_loss, box_weight=config.box_weight).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

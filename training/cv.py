@@ -47,17 +47,22 @@ def fold_splits(config: TrainConfig, folds: int):
     return [Splits(list(tr), list(va), classes, skipped) for tr, va in kfold_splits(records, k=folds, seed=config.seed)], classes
 
 
+def image_store(config: TrainConfig):
+    """Decoded images at the input size ``config`` trains at, to share between folds (and variants)."""
+    from models import get_backbone
+    from training.data import ImageStore
+
+    return ImageStore(get_backbone(config.backbone).preprocessing(config.image_size or None))
+
+
 def cross_validate(config: TrainConfig, folds: int, *, out: str | Path | None = None, progress: bool = True,
                    log=print, splits=None, store=None, features=None) -> dict:
     """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}."""
-    from models import get_backbone
-    from training.data import ImageStore
     from training.fit import FeatureCache, fit
 
     if splits is None:
         splits, _ = fold_splits(config, folds)
-    spec_pre = get_backbone(config.backbone).preprocessing(config.image_size or None)
-    store = store or ImageStore(spec_pre)
+    store = store or image_store(config)
     features = features if features is not None else FeatureCache()
     fold_config = replace(config, patience=0)  # the held-out fold must not stop or pick anything
     rows = []

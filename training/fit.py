@@ -270,6 +270,9 @@ def fit(
     class_index = {c: i for i, c in enumerate(classes)}
     seed_everything(config.seed)
     model = model_for(config, len(classes), input_size=input_size)
+    # Per-epoch validation runs the plain model (the mirror pass would double its cost); the final
+    # report runs the model as exported, with test-time augmentation when the config asks for it.
+    model.flip_tta = False
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # measured faster for the conv trunk on CPU
@@ -353,8 +356,7 @@ def fit(
                                            desc="activations (val)", **cache_args)
                 trainable = Top(model, start)
             else:
-                transform = train_transform(config.crop_p, config.crop_scale, config.zoom_out_p, config.zoom_out_max)
-                train_set = (AugmentedDataset(splits.train, store, class_index, transform) if config.augment
+                train_set = (AugmentedDataset(splits.train, store, class_index, augmentation(config)) if config.augment
                              else FixedDataset(splits.train, store, class_index))
                 val_set = FixedDataset(splits.val, store, class_index)
                 trainable = model
@@ -470,6 +472,7 @@ def fit(
 
     if select_best and best_weights:
         model.load_state_dict(best_weights["model"])
+    model.flip_tta = config.tta
     model.eval()
     val_set = FixedDataset(splits.val, store, class_index)
     store.load(splits.val)
@@ -494,6 +497,11 @@ def fit(
 def _freeze_batchnorm(module: nn.Module) -> None:
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         module.eval()
+
+
+def augmentation(config: TrainConfig):
+    """Stage 2's geometric augmentation as ``config`` sets it (crop, flip, zoom-out)."""
+    return train_transform(config.crop_p, config.crop_scale, config.zoom_out_p, config.zoom_out_max)
 
 
 def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None = None, dropout: float | None = None):
