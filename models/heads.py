@@ -1,8 +1,11 @@
 """The two heads of the lecture's recipe: class scores and a box regression head.
 
-The box head outputs boxes normalized to the image, as xyxy in [0, 1]: a
-sigmoid gives centre and size in [0, 1], converted to corners. Trained with L2
-(MSE) on those corners by default.
+The box head outputs boxes normalized to the image, as xyxy in [0, 1]. With
+``bins=0`` a sigmoid gives centre and size in [0, 1], converted to corners;
+with ``bins=N`` (training's default, 16) each corner coordinate is the
+expectation of a softmax over N evenly spaced positions (as in GFL's
+distribution heads; part of the measured defaults in the README). Trained
+with L2 (MSE) on the corners by default.
 
 Where the box head attaches is a choice with a measured default (issue 3):
 on the spatial feature map (``attach="map"``) it keeps *where* features fired;
