@@ -79,10 +79,12 @@ class ClsLocNet(nn.Module):
     def _forward_flip_tta(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Test-time augmentation: the image and its mirror in one batch, logits and boxes averaged
         (the mirror's boxes flipped back first)."""
-        n = x.shape[0]
         logits, boxes = self.forward_heads(self.forward_features(torch.cat([x, x.flip(-1)])))
-        mirrored = torch.stack([1.0 - boxes[n:, :, 2], boxes[n:, :, 1], 1.0 - boxes[n:, :, 0], boxes[n:, :, 3]], -1)
-        return 0.5 * (logits[:n] + logits[n:]), 0.5 * (boxes[:n] + mirrored)
+        # Split the halves by reshaping with constant sizes: exported, that needs no Shape op of the input.
+        logits = logits.view(2, -1, self.num_classes)
+        plain, mirror = boxes.view(2, -1, self.box_head.num_boxes, 4).unbind(0)
+        mirrored = torch.stack([1.0 - mirror[..., 2], mirror[..., 1], 1.0 - mirror[..., 0], mirror[..., 3]], -1)
+        return 0.5 * (logits[0] + logits[1]), 0.5 * (plain + mirrored)
 
     def head_parameters(self):
         return [*self.cls_head.parameters(), *self.box_head.parameters()]
