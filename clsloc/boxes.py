@@ -75,6 +75,22 @@ def clip_boxes(boxes_xyxy, width=1.0, height=1.0) -> np.ndarray:
     return np.clip(b, 0, _scale(width, height, b.dtype))
 
 
+def mirror_boxes(boxes_xyxy_norm):
+    """Normalized xyxy boxes of the horizontally mirrored image: x -> 1 - x, so the corners swap.
+
+    Takes a numpy array or a torch tensor of shape ``(..., 4)`` and returns the
+    same kind and dtype: the stage-1 mirror view flips numpy boxes, the
+    network's test-time mirror pass flips tensors inside the exported graph.
+    """
+    x0, y0, x1, y1 = (boxes_xyxy_norm[..., i] for i in range(4))
+    parts = [1.0 - x1, y0, 1.0 - x0, y1]
+    if isinstance(boxes_xyxy_norm, np.ndarray):
+        return np.stack(parts, axis=-1)
+    import torch  # a tensor came in, so torch is installed; the core itself does not need it
+
+    return torch.stack(parts, dim=-1)
+
+
 def box_area(boxes_xyxy) -> np.ndarray:
     """Area of xyxy boxes; inverted boxes count as 0."""
     b = _as_boxes(boxes_xyxy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clsloc.boxes import mirror_boxes
 from clsloc.preprocess import Preprocessing
 from models.backbones import get_backbone, trunk_stages
 from models.heads import BoxHead, ClassificationHead
@@ -83,8 +84,7 @@ class ClsLocNet(nn.Module):
         # Split the halves by reshaping with constant sizes: exported, that needs no Shape op of the input.
         logits = logits.view(2, -1, self.num_classes)
         plain, mirror = boxes.view(2, -1, self.box_head.num_boxes, 4).unbind(0)
-        mirrored = torch.stack([1.0 - mirror[..., 2], mirror[..., 1], 1.0 - mirror[..., 0], mirror[..., 3]], -1)
-        return 0.5 * (logits[0] + logits[1]), 0.5 * (plain + mirrored)
+        return 0.5 * (logits[0] + logits[1]), 0.5 * (plain + mirror_boxes(mirror))
 
     def head_parameters(self):
         return [*self.cls_head.parameters(), *self.box_head.parameters()]

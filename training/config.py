@@ -66,7 +66,7 @@ class TrainConfig:
     box_loss: str = "mse"
     box_weight: float = 20.0  # lambda in CE + lambda * box loss
     augment: bool = True
-    crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 augmentation)
+    crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 and the augmented cached views)
     crop_scale: float = 0.7  # smallest crop side, as a fraction of the image side
     zoom_out_p: float = 0.5  # probability of placing the image on a larger grey canvas (smaller objects)
     zoom_out_max: float = 2.0  # largest canvas side / image side
@@ -169,10 +169,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
     g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
-    g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop")
+    g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop (stage 2 and the augmented cached views)")
     g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
     g.add_argument("--zoom-out-p", type=float, default=d.zoom_out_p,
-                   help="probability of placing the image on a larger grey canvas (makes objects smaller)")
+                   help="stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)")
     g.add_argument("--zoom-out-max", type=float, default=d.zoom_out_max, help="largest canvas side / image side")
     g.add_argument("--cache-views", type=int, default=d.cache_views,
                    help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "

@@ -32,6 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from clsloc.boxes import mirror_boxes
 from clsloc.datasets import Record, load_dataset, stratified_split
 from clsloc.images import decode_image
 from clsloc.preprocess import Preprocessing
@@ -259,12 +260,16 @@ class FixedDataset(torch.utils.data.Dataset):
     ``view`` picks a fixed variant for the cached stage-1 features: 0 the image
     itself, 1 its mirror image, 2 and up one augmented copy each (crop, flip,
     colour) drawn from a seed of (view, file name) — the same copy every time,
-    so features computed once stay valid.
+    so features computed once stay valid. ``crop`` is the augmented views'
+    (probability, smallest side) of the object-keeping crop.
     """
 
-    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], view: int = 0):
+    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], view: int = 0,
+                 crop: tuple[float, float] | None = None):
         self.records, self.store, self.class_index, self.view = records, store, class_index, view
-        self.transform = train_transform() if view >= 2 else None
+        # The augmented views crop as --crop-p / --crop-scale say (None: train_transform's defaults). Zoom-out
+        # stays a stage-2 augmentation: the defaults were measured with stage-1 views without it.
+        self.transform = train_transform(*(crop or ())) if view >= 2 else None
         self.colour = colour_transform()
 
     def __len__(self) -> int:
@@ -281,7 +286,7 @@ class FixedDataset(torch.utils.data.Dataset):
         rgb, box = sample.fixed, sample.box
         if self.view == 1:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
-            box = np.array([1.0 - box[2], box[1], 1.0 - box[0], box[3]], dtype=np.float32)
+            box = mirror_boxes(box)
         x = torch.from_numpy(self.store.pre.normalize(rgb))
         return x, self.class_index[record.label], torch.from_numpy(box)
 

@@ -158,22 +158,28 @@ class FeatureCache:
     """
 
     def __init__(self):
-        self._cache: dict[tuple[str, int, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def dataset(self, model, records, store, class_index, device, *, view=0, depth: int | None = None,
-                also: tuple[int, ...] = (), amp=False, progress=True, desc=""):
-        todo = [r for r in records if (str(r.image), view, depth) not in self._cache]
+                also: tuple[int, ...] = (), crop: tuple[float, float] | None = None, amp=False, progress=True,
+                desc=""):
+        variant = crop if view >= 2 else None  # only the augmented views depend on the crop settings
+
+        def key(record, stop):
+            return str(record.image), view, variant, stop
+
+        todo = [r for r in records if key(r, depth) not in self._cache]
         if todo:
             wanted = {depth, *also}  # trunk depths in ascending order, the whole trunk (None) last
             stops = sorted(d for d in wanted if d is not None) + ([None] if None in wanted else [])
-            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, view=view),
+            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, view=view, crop=crop),
                                                  batch_size=INFERENCE_BATCH)
             outs = compute_features(model, loader, device, stops=stops, desc=desc, amp=amp, progress=progress)
             for stop, ds in zip(stops, outs):
                 for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
-                    self._cache[(str(r.image), view, stop)] = (f.clone(), b.clone())
-        feats = torch.stack([self._cache[(str(r.image), view, depth)][0] for r in records])
-        boxes = torch.stack([self._cache[(str(r.image), view, depth)][1] for r in records])
+                    self._cache[key(r, stop)] = (f.clone(), b.clone())
+        feats = torch.stack([self._cache[key(r, depth)][0] for r in records])
+        boxes = torch.stack([self._cache[key(r, depth)][1] for r in records])
         labels = torch.tensor([class_index[r.label] for r in records])
         return torch.utils.data.TensorDataset(feats, labels, boxes)
 
@@ -331,7 +337,7 @@ def fit(
         if state["stage"] < stage:
             state.update(stage=stage, epoch=0, stage_done=False, bad_epochs=0)
         start = cached_finetune_start(model, config)  # stage 2's cached bottom, computed with stage 1's features
-        cache_args = dict(amp=amp, progress=progress and rank_main)
+        cache_args = dict(amp=amp, progress=progress and rank_main, crop=(config.crop_p, config.crop_scale))
         also = (start,) if start else ()
         if stage == 1:
             set_backbone_trainable(model, False)

@@ -12,6 +12,7 @@ from clsloc.boxes import (
     clip_boxes,
     convert_boxes,
     denormalize_boxes,
+    mirror_boxes,
     normalize_boxes,
     paired_iou,
     to_api_box,
@@ -53,6 +54,25 @@ def test_clip_area_iou_by_hand():
     np.testing.assert_allclose(paired_iou([[0, 0, 10, 10], [0, 0, 2, 2]], [[5, 0, 15, 10], [0, 0, 1, 1]]), [1 / 3, 0.25])
     # two empty boxes: IoU 0, not NaN
     assert paired_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]).tolist() == [0.0]
+
+
+def test_mirror_boxes_follows_the_mirrored_pixels_for_numpy_and_torch():
+    # object on pixel columns 2-4 and rows 1-3 of a 10 x 5 image; mirrored, it covers columns 5-7
+    mask = np.zeros((5, 10), bool)
+    mask[1:4, 2:5] = True
+    flipped = mask[:, ::-1]
+    cols, rows = np.flatnonzero(flipped.any(0)), np.flatnonzero(flipped.any(1))
+    expected = np.array([cols[0] / 10, rows[0] / 5, (cols[-1] + 1) / 10, (rows[-1] + 1) / 5], dtype=np.float32)
+    box = np.array([0.2, 0.2, 0.5, 0.8], dtype=np.float32)
+    mirrored = mirror_boxes(box)
+    assert mirrored.dtype == np.float32
+    np.testing.assert_allclose(mirrored, expected, atol=1e-7)
+    batch = np.stack([box, [0.0, 0.0, 1.0, 1.0]]).astype(np.float32)
+    np.testing.assert_allclose(mirror_boxes(mirror_boxes(batch)), batch, atol=1e-7)  # mirroring twice undoes it
+    torch = pytest.importorskip("torch")
+    as_tensor = mirror_boxes(torch.from_numpy(batch))
+    assert isinstance(as_tensor, torch.Tensor)
+    np.testing.assert_array_equal(as_tensor.numpy(), mirror_boxes(batch))
 
 
 def test_to_api_box_pixels_top_left_clipped():

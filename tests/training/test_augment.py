@@ -109,3 +109,41 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
     xa, _, boxa = AugmentedDataset([record], store, {"a": 0})[0]
     assert xa.shape == (3, 64, 64) and xa.dtype == torch.float32
     assert 0 <= float(boxa.min()) and float(boxa.max()) <= 1
+
+
+def test_augmented_cached_views_follow_the_crop_options(tmp_path):
+    """--crop-p 0 means no crop in the cached stage-1 views either: only the flip moves the box."""
+    from PIL import Image
+
+    from clsloc.boxes import mirror_boxes
+    from clsloc.datasets import GroundTruth, Record
+    from training.data import FixedDataset, ImageStore
+
+    rgb = _scene(160, 120, (30, 20, 100, 90))
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    record = Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
+                    annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+    store = ImageStore(Preprocessing(size=(64, 64)))
+    box = np.array([30 / 160, 20 / 120, 100 / 160, 90 / 120], dtype=np.float32)
+
+    def view_boxes(crop):
+        return [FixedDataset([record], store, {"a": 0}, view=v, crop=crop)[0][2].numpy() for v in range(2, 12)]
+
+    for b in view_boxes((0.0, 0.7)):
+        assert np.allclose(b, box, atol=1e-6) or np.allclose(b, mirror_boxes(box), atol=1e-6)
+    cropped = [b for b in view_boxes((1.0, 0.5))
+               if not (np.allclose(b, box, atol=1e-3) or np.allclose(b, mirror_boxes(box), atol=1e-3))]
+    assert len(cropped) >= 8  # every view crops (p=1) to 0.5-1x the side: the box moves unless nothing is cut
+
+    # the feature cache keeps views of different crop settings apart
+    from models import build_model
+    from training.fit import FeatureCache
+
+    model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
+    cache, device = FeatureCache(), torch.device("cpu")
+    plain = cache.dataset(model, [record], store, {"a": 0}, device, view=2, crop=(0.0, 0.7), progress=False)
+    cropped_set = cache.dataset(model, [record], store, {"a": 0}, device, view=2, crop=(1.0, 0.5), progress=False)
+    again = cache.dataset(model, [record], store, {"a": 0}, device, view=2, crop=(0.0, 0.7), progress=False)
+    assert not torch.equal(plain.tensors[2], cropped_set.tensors[2])
+    assert torch.equal(plain.tensors[0], again.tensors[0]) and torch.equal(plain.tensors[2], again.tensors[2])
