@@ -26,6 +26,7 @@ import numpy as np
 from clsloc.boxes import to_api_box
 from clsloc.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, open_image
 from clsloc.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from serving.env import env_flag, env_int
 
 log = logging.getLogger("clsloc.engine")
 
@@ -52,7 +53,7 @@ class Prediction:
 
 
 def require_gpu_from_env() -> bool:
-    return os.environ.get("CLSLOC_REQUIRE_GPU", "").strip().lower() in ("1", "true", "yes")
+    return env_flag(os.environ, "CLSLOC_REQUIRE_GPU", False)
 
 
 def _gpu_device_present() -> bool:
@@ -64,9 +65,8 @@ def _gpu_device_present() -> bool:
 
 def default_threads() -> int:
     """Threads per worker: env ``CLSLOC_THREADS``, else the CPUs this process may use."""
-    env = os.environ.get("CLSLOC_THREADS")
-    if env:
-        return max(1, int(env))
+    if threads := env_int(os.environ, "CLSLOC_THREADS", 0):
+        return threads
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

@@ -24,30 +24,7 @@ from dataclasses import dataclass
 from clsloc.images import DEFAULT_MAX_PIXELS
 
 from serving.engine import DEFAULT_MAX_BYTES
-
-
-def _int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be positive")
-    return value
-
-
-def _flag(env: dict, name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"environment variable {name}={raw!r} is not one of 1/0, true/false, yes/no, on/off")
+from serving.env import env_flag, env_int
 
 
 @dataclass(frozen=True)
@@ -76,12 +53,12 @@ class Settings:
         env = dict(os.environ if env is None else env)
         return cls(
             model=env.get("CLSLOC_MODEL", "").strip(),
-            max_bytes=_int(env, "CLSLOC_MAX_BYTES", DEFAULT_MAX_BYTES),
-            max_pixels=_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
-            max_batch_images=_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
-            max_batch=_int(env, "CLSLOC_MAX_BATCH", 8),
+            max_bytes=env_int(env, "CLSLOC_MAX_BYTES", DEFAULT_MAX_BYTES),
+            max_pixels=env_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            max_batch_images=env_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
+            max_batch=env_int(env, "CLSLOC_MAX_BATCH", 8),
             api_key=env.get("CLSLOC_API_KEY") or None,
-            threads=_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
-            workers=_int(env, "CLSLOC_WORKERS", 1),
-            access_log=_flag(env, "CLSLOC_ACCESS_LOG", True),
+            threads=env_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
+            workers=env_int(env, "CLSLOC_WORKERS", 1),
+            access_log=env_flag(env, "CLSLOC_ACCESS_LOG", True),
         )

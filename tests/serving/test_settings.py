@@ -29,3 +29,21 @@ def test_overrides():
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}={value!r} {message}"):
         Settings.from_env({name: value})
+
+
+def test_engine_reads_its_variables_with_the_same_parsers(monkeypatch):
+    """CLSLOC_REQUIRE_GPU and CLSLOC_THREADS, read by the engine outside the service, accept and refuse the same
+    values as the service settings (``on`` used to mean off to the engine)."""
+    from serving.engine import default_threads, require_gpu_from_env
+
+    for value, expected in [("on", True), ("YES", True), ("1", True), ("off", False), ("", False)]:
+        monkeypatch.setenv("CLSLOC_REQUIRE_GPU", value)
+        assert require_gpu_from_env() is expected
+    monkeypatch.setenv("CLSLOC_REQUIRE_GPU", "maybe")
+    with pytest.raises(ValueError, match="CLSLOC_REQUIRE_GPU='maybe' is not one of"):
+        require_gpu_from_env()
+    monkeypatch.setenv("CLSLOC_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("CLSLOC_THREADS", "many")
+    with pytest.raises(ValueError, match="CLSLOC_THREADS='many' is not a number"):
+        default_threads()
