@@ -282,6 +282,22 @@ def test_cached_finetuning_is_the_whole_network_computation(synth, tiny_config):
     assert cached.metrics["mean_iou"] == pytest.approx(fresh.metrics["mean_iou"], abs=1e-4)
 
 
+def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth, tiny_config):
+    """Each stage-2 epoch validates with the frozen bottom's output computed once; the last epoch's
+    numbers must be those of the final report, which runs the whole network on the images."""
+    from training.data import prepare_splits
+    from training.fit import fit
+
+    config = tiny_config([synth], epochs=1, finetune_epochs=2, tta=False, finetune_depth=0.5)
+    splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
+    result = fit(config, splits, None, progress=False, log_epochs=False, select_best=False)
+    last = result.history[-1]
+    assert last["stage"] == 2
+    for key in ("accuracy", "mean_iou", "loc_accuracy", "loss"):
+        assert last[f"val_{key}"] == pytest.approx(result.metrics[key], abs=1e-6), key
+    assert result.history[-2]["val_loss"] != last["val_loss"]  # the top did train between the two epochs
+
+
 def test_cached_views_draw_one_view_per_image_each_epoch():
     from training.fit import CachedViews
 
