@@ -79,19 +79,25 @@ def test_crop_never_cuts_the_target_box():
         assert float(bx[0]) >= 0 and float(bx[1]) >= 0 and float(bx[2]) <= w and float(bx[3]) <= h
 
 
-def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
-    """The fixed (validation) view is exactly Preprocessing(decoded image), as serving computes it."""
+def _one_object_record(tmp_path):
+    """A 160 x 120 PNG with one object at (30, 20, 100, 90) and its training record."""
     from PIL import Image
 
     from clsloc.datasets import GroundTruth, Record
+
+    path = tmp_path / "a.png"
+    Image.fromarray(_scene(160, 120, (30, 20, 100, 90))).save(path)
+    return Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
+                  annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+
+
+def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
+    """The fixed (validation) view is exactly Preprocessing(decoded image), as serving computes it."""
     from clsloc.images import decode_image
     from training.data import AugmentedDataset, FixedDataset, ImageStore
 
-    rgb = _scene(160, 120, (30, 20, 100, 90))
-    path = tmp_path / "a.png"
-    Image.fromarray(rgb).save(path)
-    record = Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
-                    annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+    record = _one_object_record(tmp_path)
+    path = record.image
     pre = Preprocessing(size=(64, 64))
     store = ImageStore(pre)
     x, label, box = FixedDataset([record], store, {"a": 0})[0]
@@ -113,17 +119,10 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
 
 def test_augmented_cached_views_follow_the_crop_options(tmp_path):
     """--crop-p 0 means no crop in the cached stage-1 views either: only the flip moves the box."""
-    from PIL import Image
-
     from clsloc.boxes import mirror_boxes
-    from clsloc.datasets import GroundTruth, Record
     from training.data import FixedDataset, ImageStore
 
-    rgb = _scene(160, 120, (30, 20, 100, 90))
-    path = tmp_path / "a.png"
-    Image.fromarray(rgb).save(path)
-    record = Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
-                    annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+    record = _one_object_record(tmp_path)
     store = ImageStore(Preprocessing(size=(64, 64)))
     box = np.array([30 / 160, 20 / 120, 100 / 160, 90 / 120], dtype=np.float32)
 
