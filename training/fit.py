@@ -51,8 +51,8 @@ from training.engine import compute_features, evaluate, set_backbone_trainable, 
 
 RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2  # a decade either side of the lecture's ~1e-3
 # Images per forward pass where nothing trains (features, validation). Measured on the 2-core CPU, Lite0 at
-# 256 px: 19 ms per image at 32, 28 at 64 (the larger activations fall out of cache), so validating each
-# fine-tune epoch at 64 cost 3.2 s instead of about 1.5.
+# 256 px: 19 ms per image at 32, 28 at 64; and the larger activations of 64 fragmented the heap (mmap is off,
+# training/cpu.py), after which every fine-tune epoch ran ~20% slower and peak RSS was 5.9 GB instead of 3.6.
 INFERENCE_BATCH = 32
 
 
