@@ -317,7 +317,6 @@ def fit(
         say(f"distributed: {n_steps_world} processes ({torch.distributed.get_backend()}), "
             f"{max(1, config.batch_size // n_steps_world)} images per process per step")
     per_rank_batch = max(1, config.batch_size // n_steps_world)
-    val_loader_fixed = None
 
     def save(stage_state: dict, optimizer, scheduler, scaler) -> None:
         if not write:
@@ -330,7 +329,6 @@ def fit(
         })
 
     def run_stage(stage: int, epochs: int) -> None:
-        nonlocal val_loader_fixed
         if epochs == 0 or state["stage"] > stage or (state["stage"] == stage and state["stage_done"]):
             return
         resuming_here = ckpt is not None and ckpt["stage"] == stage and not ckpt["stage_done"]
@@ -364,22 +362,21 @@ def fit(
                                      desc=f"activations (train, view {view + 1}/{len(views)})", **cache_args)
                     for view in views
                 ])
-                val_set = features.dataset(model, splits.val, store, class_index, device, depth=start,
-                                           desc="activations (val)", **cache_args)
                 trainable = Top(model, start)
             else:
                 train_set = (AugmentedDataset(splits.train, store, class_index, augmentation(config)) if config.augment
                              else FixedDataset(splits.train, store, class_index))
-                val_set = FixedDataset(splits.val, store, class_index)
                 trainable = model
-                bottom = model.frozen_stages() if config.freeze_bn else 0
-                if bottom:
-                    # What the frozen bottom computes on the validation images cannot change during this stage:
-                    # computed once, each epoch's validation runs only the trained top (about 40% of the
-                    # network at the default depth), with the same numbers as the whole network.
-                    val_set = features.dataset(model, splits.val, store, class_index, device, depth=bottom,
-                                               desc="activations (val)", **cache_args)
-                    val_forward = Top(model, bottom)
+            bottom = model.frozen_stages() if config.freeze_bn else 0
+            if bottom:
+                # What the frozen bottom computes on the validation images cannot change during this stage:
+                # computed once, each epoch's validation runs only the trained top (about 40% of the
+                # network at the default depth), with the same numbers as the whole network.
+                val_set = features.dataset(model, splits.val, store, class_index, device, depth=bottom,
+                                           desc="activations (val)", **cache_args)
+                val_forward = Top(model, bottom)
+            else:
+                val_set = FixedDataset(splits.val, store, class_index)
             groups = [
                 {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.finetune_lr,
                  "name": "backbone"},
