@@ -73,7 +73,8 @@ class TrainConfig:
     # Stage-1 views per training image: 1 = as is, 2 = + mirror, more = + augmented copies. Measured (5-fold CV,
     # README, at 224 px): 8 views x 16 epochs beat 2 x 40 (accuracy 0.994 vs 0.989, loc accuracy 0.857 vs 0.848).
     # At 256 px, 8 views and 16 fine-tune epochs: 0.721 / 0.909 against 0.710 / 0.890 for 4 views and 12 epochs;
-    # default training takes 4.5 min (the budget is 5) since validation runs at INFERENCE_BATCH (training/fit.py).
+    # with validation at INFERENCE_BATCH (training/fit.py) default training took 4 min 27 s on a quiet machine,
+    # up to 5 min 44 s in busier hours (README; the budget is 5).
     cache_views: int = 8
     # Stage 2 on the frozen bottom's cached output per view (only the top runs): 1.35x faster folds but
     # measured worse than fresh augmentation (5-fold CV loc accuracy 0.835 vs 0.857), so off by default.
