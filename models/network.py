@@ -8,6 +8,7 @@ from torch import nn
 from clsloc.boxes import mirror_boxes
 from clsloc.preprocess import Preprocessing
 from models.backbones import get_backbone, trunk_stages
+from models.frozen import fold_batchnorm
 from models.heads import BoxHead, ClassificationHead
 
 
@@ -67,6 +68,16 @@ class ClsLocNet(nn.Module):
         for stage in trunk_stages(self.backbone)[start:stop]:
             x = stage(x)
         return x
+
+    def frozen_trunk(self) -> nn.Sequential:
+        """The trunk's stages as a BatchNorm-folded inference snapshot (``models.frozen``): what
+        training runs where the trunk, or its bottom (slice it), stays frozen."""
+        param = next(self.backbone.parameters())
+        probe = torch.randn(2, 3, *self.preprocessing.size, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(param.device)  # a local generator: the training's random streams stay as they were
+        if param.device.type == "cpu":
+            probe = probe.contiguous(memory_format=torch.channels_last)
+        return fold_batchnorm(trunk_stages(self.backbone), probe)
 
     def forward_top(self, activations: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The network from trunk stage ``start`` on: ``forward_top(forward_trunk(x, 0, k), k) == forward(x)``."""
