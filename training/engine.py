@@ -77,13 +77,17 @@ class UpdateRatio:
         self._before: list[list[torch.Tensor]] | None = None
 
     def before_step(self) -> None:
-        self._before = [[p.detach().clone() for p in g["params"]] for g in self.optimizer.param_groups]
+        self._before = [torch._foreach_mul([p.detach() for p in g["params"]], 1.0) for g in self.optimizer.param_groups]
 
     def after_step(self) -> None:
+        # foreach ops: a handful of calls per group instead of three per parameter tensor
         for i, (group, before) in enumerate(zip(self.optimizer.param_groups, self._before)):
-            upd = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(group["params"], before)))
-            norm = math.sqrt(sum(float((b ** 2).sum()) for b in before))
-            self.sums[i] += upd / max(norm, 1e-12)
+            if not before:
+                continue
+            upd = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                torch._foreach_sub([p.detach() for p in group["params"]], before))))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
+            self.sums[i] += float(upd) / max(float(norm), 1e-12)
         self.count += 1
         self._before = None
 
@@ -223,14 +227,15 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
 
 
 @torch.no_grad()
-def compute_features(model, loader, device: torch.device, *, stops=(None,), desc: str = "features",
+def compute_features(trunk: nn.Sequential, loader, device: torch.device, *, stops=(None,), desc: str = "features",
                      progress: bool = True, amp: bool = False) -> list[torch.utils.data.TensorDataset]:
-    """Run the frozen network once over ``loader``, keeping the trunk's output after each of
-    ``stops`` (trunk stage counts, ascending; None = the whole trunk: the heads' input).
+    """Run the frozen trunk (its stages in order, e.g. ``ClsLocNet.frozen_trunk()``) once over
+    ``loader``, keeping the output after each of ``stops`` (stage counts, ascending; None = the
+    whole trunk: the heads' input).
 
     -> one TensorDataset(activations, labels, boxes) per stop, from a single pass.
     """
-    model.eval()
+    trunk.eval()
     outs: list[list[torch.Tensor]] = [[] for _ in stops]
     labels, boxes = [], []
     for x, y, b in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
@@ -240,7 +245,7 @@ def compute_features(model, loader, device: torch.device, *, stops=(None,), desc
         done = 0
         with torch.autocast(device.type, enabled=amp):
             for out, stop in zip(outs, stops):
-                x = model.forward_trunk(x, done, stop)
+                x = trunk[done:stop](x)
                 done = stop
                 out.append(x.float().contiguous().cpu())
         labels.append(torch.as_tensor(y))
