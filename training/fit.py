@@ -237,7 +237,7 @@ class Top(nn.Module):
 
 class ThroughFrozen:
     """Stage 2 on fresh images: the frozen bottom's inference snapshot (no autograd graph,
-    BatchNorm folded), then the top that trains. Same function as the whole network."""
+    BatchNorm folded), then the top that trains: the whole network's function up to float rounding."""
 
     def __init__(self, bottom: nn.Module, top):
         self.bottom, self.top = bottom, top
