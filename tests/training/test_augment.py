@@ -146,3 +146,60 @@ def test_augmented_cached_views_follow_the_crop_options(tmp_path):
     again = cache.dataset(model, [record], store, {"a": 0}, device, view=2, crop=(0.0, 0.7), progress=False)
     assert not torch.equal(plain.tensors[2], cropped_set.tensors[2])
     assert torch.equal(plain.tensors[0], again.tensors[0]) and torch.equal(plain.tensors[2], again.tensors[2])
+
+
+def _records_of_scenes(tmp_path, n: int):
+    """``n`` PNGs of different sizes, each with one object, and their training records."""
+    from PIL import Image
+
+    from clsloc.datasets import GroundTruth, Record
+
+    records = []
+    for k in range(n):
+        width, height = 120 + 17 * k, 90 + 11 * k
+        box = (5 + 3 * k, 8 + 2 * k, 60 + 5 * k, 70 + 3 * k)
+        path = tmp_path / f"s{k}.png"
+        Image.fromarray(_scene(width, height, box)).save(path)
+        records.append(Record(image=path, width=width, height=height, objects=[GroundTruth("a", box)],
+                              annotation=f"s{k}.xml", label="a", box=tuple(map(float, box))))
+    return records
+
+
+def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(tmp_path):
+    """A batch draws every random number on the calling thread, in order, and only then runs the
+    pixel work on threads: bit for bit what the transforms called on each image in turn give,
+    with the same draws left for what comes after (the dropout of the step)."""
+    from torchvision import tv_tensors
+
+    from training.data import AugmentedDataset, ImageStore, train_transform
+
+    records = _records_of_scenes(tmp_path, 12)
+    pre = Preprocessing(size=(64, 64))
+    store = ImageStore(pre)
+    data = AugmentedDataset(records, store, {"a": 0}, train_transform(0.7, 0.5, zoom_out_p=0.5))
+
+    def one_by_one(i):  # the plain way: torchvision's transforms called on the image and its box
+        sample = store[records[i]]
+        _, h, w = sample.large.shape
+        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
+                                         format="XYXY", canvas_size=(h, w))
+        image, boxes = data.transform(tv_tensors.Image(sample.large), boxes)
+        resized = torch.from_numpy(np.array(pre.resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))))
+        x = pre.normalize(data.colour(resized.permute(2, 0, 1)).permute(1, 2, 0).numpy())
+        out_h, out_w = boxes.canvas_size
+        box = np.clip(boxes.reshape(4).numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32), 0, 1)
+        return x, box
+
+    order = [3, 0, 11, 5, 5, 7, 1, 2, 10, 9, 4, 6, 8]
+    torch.manual_seed(7)
+    batch = data.__getitems__(order)
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    expected = [one_by_one(i) for i in order]
+    torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)  # the same number of draws
+    for (x, label, box), (want_x, want_box) in zip(batch, expected):
+        assert label == 0
+        np.testing.assert_array_equal(x.numpy(), want_x)
+        np.testing.assert_array_equal(box.numpy(), want_box.astype(np.float32))
+    # and the batch really was augmented in different ways (flips, zoom-outs, crops)
+    assert len({tuple(np.round(b.numpy(), 4)) for _, _, b in batch}) >= 10
