@@ -13,6 +13,12 @@ kept in memory twice:
 Boxes travel as ``tv_tensors.BoundingBoxes`` through ``transforms.v2``, so a
 flip or crop moves the box with the pixels. The crop never cuts the target
 object: it always contains the whole target box.
+
+A batch is augmented in two halves (``draw``, ``apply``): every random number
+first, on the calling thread and in the order one image after the other
+would draw them from torch's global RNG, then the pixel work on threads. The
+inputs are bit for bit those of augmenting each image in turn, and training
+stays reproducible (``--resume``, cross-validation) while both cores work.
 """
 
 from __future__ import annotations
