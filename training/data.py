@@ -299,11 +299,6 @@ def apply(drawn: Draw, pre: Preprocessing, colour: v2.ColorJitter) -> tuple[np.n
     return pre.normalize(resized), drawn.box
 
 
-def augmented_input(sample: Sample, pre: Preprocessing, geometric, colour) -> tuple[np.ndarray, np.ndarray]:
-    """Sample -> (float32 CHW network input, normalized xyxy box): crop/flip, resize, colour, normalize."""
-    return apply(draw(sample, geometric, colour), pre, colour)
-
-
 def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample geometrically: -> (RGB uint8 HWC of any size, normalized xyxy box in it)."""
     drawn = draw(sample, transform)
@@ -319,6 +314,17 @@ def pixel_pool(threads: int) -> ThreadPoolExecutor:
     if pid not in _pools:
         _pools[pid] = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clsloc-augment")
     return _pools[pid]
+
+
+def applied(drawn: list[Draw], store: "ImageStore", colour: v2.ColorJitter):
+    """``apply`` over a batch on the store's threads, in order."""
+    return pixel_pool(store.threads).map(lambda d: apply(d, store.pre, colour), drawn)
+
+
+def as_items(records: list[Record], class_index: dict[str, int], indices: list[int], outs) -> list:
+    """(input, box) pairs -> the datasets' items: (input tensor, class index, box tensor)."""
+    return [(torch.from_numpy(x), class_index[records[i].label], torch.from_numpy(box))
+            for i, (x, box) in zip(indices, outs)]
 
 
 # -- torch datasets -------------------------------------------------------------------
@@ -357,11 +363,10 @@ class FixedDataset(torch.utils.data.Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(zlib.crc32(f"{self.view}:{Path(self.records[i].image).name}".encode()))
                     drawn.append(draw(self.store[self.records[i]], self.transform, self.colour))
-            outs = pixel_pool(self.store.threads).map(lambda d: apply(d, self.store.pre, self.colour), drawn)
+            outs = applied(drawn, self.store, self.colour)
         else:
             outs = map(self._plain, indices)
-        return [(torch.from_numpy(x), self.class_index[self.records[i].label], torch.from_numpy(box))
-                for i, (x, box) in zip(indices, outs)]
+        return as_items(self.records, self.class_index, indices, outs)
 
     def _plain(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.store[self.records[i]]
@@ -393,6 +398,4 @@ class AugmentedDataset(torch.utils.data.Dataset):
         Measured on the 2-core CPU: 1.4-1.9x the images/s of augmenting one image after the other."""
         drawn = [draw(self.store[self.records[i]], self.transform, self.colour) for i in indices]
         # the same resize and normalize as serving (Preprocessing), colour jitter in between
-        outs = pixel_pool(self.store.threads).map(lambda d: apply(d, self.store.pre, self.colour), drawn)
-        return [(torch.from_numpy(x), self.class_index[self.records[i].label], torch.from_numpy(box))
-                for i, (x, box) in zip(indices, outs)]
+        return as_items(self.records, self.class_index, indices, applied(drawn, self.store, self.colour))
