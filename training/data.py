@@ -131,6 +131,17 @@ class Sample:
     box: np.ndarray  # normalized xyxy of the training target
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def pixel_pool(threads: int) -> ThreadPoolExecutor:
+    """One thread pool per process (a DataLoader worker forks without the parent's threads)."""
+    pid = os.getpid()
+    if pid not in _pools:
+        _pools[pid] = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clsloc-pixels")
+    return _pools[pid]
+
+
 class ImageStore:
     """Decode each record once; hand out fixed and augmentable views."""
 
@@ -156,9 +167,12 @@ class ImageStore:
         todo = [r for r in records if str(r.image) not in self._samples]
         if not todo:
             return
-        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:  # Pillow decodes without the GIL
-            for record, sample in zip(todo, pool.map(self._load, todo)):
-                self._samples[str(record.image)] = sample
+        for record, sample in zip(todo, self.map(self._load, todo)):  # Pillow decodes without the GIL
+            self._samples[str(record.image)] = sample
+
+    def map(self, fn, items):
+        """``fn`` over ``items`` on the store's threads (decoding, augmentation's pixel work), in order."""
+        return pixel_pool(self.threads).map(fn, items)
 
     def __getitem__(self, record: Record) -> Sample:
         key = str(record.image)
@@ -305,20 +319,9 @@ def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
     return warp(drawn), drawn.box
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def pixel_pool(threads: int) -> ThreadPoolExecutor:
-    """One thread pool per process (a DataLoader worker forks without the parent's threads)."""
-    pid = os.getpid()
-    if pid not in _pools:
-        _pools[pid] = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clsloc-augment")
-    return _pools[pid]
-
-
 def applied(drawn: list[Draw], store: "ImageStore", colour: v2.ColorJitter):
     """``apply`` over a batch on the store's threads, in order."""
-    return pixel_pool(store.threads).map(lambda d: apply(d, store.pre, colour), drawn)
+    return store.map(lambda d: apply(d, store.pre, colour), drawn)
 
 
 def as_items(records: list[Record], class_index: dict[str, int], indices: list[int], outs) -> list:
