@@ -11,6 +11,9 @@ channels_last), same optimizer settings:
   snapshot, then the trained top) on one in-memory tensor batch;
 * bare, unfolded: the same with the whole network as one module, BatchNorm
   unfolded (how stage 2 ran before the snapshot) — the baseline of the fold;
+* bare, depthwise and norm trained too: the default's loop with the top's
+  depthwise filters and BatchNorm scale/shift also trained (``--finetune-depthwise
+  --finetune-norm``, what stage 2 trained before they stayed as pretrained);
 * fresh (the default stage 2): ``training.engine.train_one_epoch`` with that
   forward over a DataLoader of ``training.data.AugmentedDataset`` on the shared photos —
   decoded images in memory, the default augmentation (``training.fit.augmentation``
@@ -20,9 +23,10 @@ channels_last), same optimizer settings:
   Building the cache (each view augmented and run through the bottom once) is
   timed apart, per image and view.
 
-The loops are measured in turns (bare, unfolded three times, fresh, cached,
-...) so a noisy neighbour on the machine hurts all alike; the fold's ratio is
-the median over back-to-back bare/unfolded pairs. Goal: fresh >= 0.8x bare.
+The loops are measured in turns (bare, unfolded, everything trained three
+times, fresh, cached, ...) so a noisy neighbour on the machine hurts all
+alike; the fold's and the kept parameters' ratios are medians over
+back-to-back pairs. Goal: fresh >= 0.8x bare.
 """
 
 from __future__ import annotations
@@ -67,8 +71,16 @@ def main() -> int:
     start = cached_finetune_start(model, config)
     model.train()
     model.backbone.apply(_freeze_batchnorm)
-    set_backbone_trainable(model, True, config.finetune_depth)  # what the default stage 2 trains
-    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def trains(everything: bool) -> None:
+        """The default stage 2's trainable set, or everything in the top (depthwise and norm too)."""
+        set_backbone_trainable(model, True, config.finetune_depth, depthwise=everything or config.finetune_depthwise,
+                               norm=everything or config.finetune_norm)
+
+    trains(True)
+    start_all = model.frozen_stages()
+    trained = [p for p in model.parameters() if p.requires_grad]  # a superset of the default's
+    trains(False)
     optimizer = make_optimizer(config, [{"params": trained, "lr": 1e-5, "name": "trained"}])
     class_index = {c: i for i, c in enumerate(splits.classes)}
     store = ImageStore(model.preprocessing)
@@ -89,6 +101,7 @@ def main() -> int:
     model.backbone.apply(_freeze_batchnorm)
     top = Top(model, start)
     stage2 = ThroughFrozen(cache.trunk(model)[:start], top)  # what fit() runs on fresh images
+    stage2_all = ThroughFrozen(cache.trunk(model)[:start_all], Top(model, start_all))
 
     def loop(forward, data) -> float:
         if isinstance(data, CachedViews):
@@ -112,16 +125,25 @@ def main() -> int:
             optimizer.step()
         return args.batches * args.batch_size / (time.perf_counter() - start)
 
-    bares, unfolded, fresh, cached = [], [], [], []
-    bare(stage2), bare(model)  # warm-up: allocator pools, oneDNN kernels
+    def bare_everything() -> float:
+        trains(True)
+        try:
+            return bare(stage2_all)
+        finally:
+            trains(False)
+
+    bares, unfolded, everything, fresh, cached = [], [], [], [], []
+    bare(stage2), bare(model), bare_everything()  # warm-up: allocator pools, oneDNN kernels
     for _ in range(args.rounds):
-        for _ in range(3):  # the fold's gain (~15%) is within one round's noise here: more, shorter pairs
+        for _ in range(3):  # gains of 10-25% are within one round's noise here: more, shorter pairs
             bares.append(bare(stage2))
             unfolded.append(bare(model))
+            everything.append(bare_everything())
         fresh.append(loop(stage2, dataset))
         cached.append(loop(top, views))
     bare_ips, unfolded_ips, fresh_ips, cached_ips = max(bares), max(unfolded), max(fresh), max(cached)
     fold_ratio = statistics.median(b / u for b, u in zip(bares, unfolded))
+    dense_ratio = statistics.median(b / e for b, e in zip(bares, everything))
     print(f"backbone {args.backbone} (top {config.finetune_depth:g} trained, as the default stage 2; the cache holds "
           f"trunk stage {start}'s output), batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds, "
           f"{args.threads} threads, glibc allocator tuned: {allocator}; decoding {len(records)} photos once: {decode_s:.1f}s")
@@ -129,11 +151,14 @@ def main() -> int:
     print(f"{'bare (in-memory tensors, as stage 2 runs)':<44} {bare_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in bares))
     print(f"{'bare, unfolded (whole network as one module)':<44} {unfolded_ips:>9.1f}   "
           + " ".join(f"{v:.1f}" for v in unfolded))
+    print(f"{'bare, depthwise and norm trained too':<44} {max(everything):>9.1f}   "
+          + " ".join(f"{v:.1f}" for v in everything))
     print(f"{'fresh (default: augmenting DataLoader)':<44} {fresh_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in fresh))
     print(f"{'cached (--finetune-cache: top only)':<44} {cached_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in cached))
     print(f"building the cache: {cache_ms:.1f} ms per image and view ({config.cache_views} views), once per run")
     print(f"ratio fresh / bare: {fresh_ips / bare_ips:.2f}x (goal >= 0.8x); cached / bare: {cached_ips / bare_ips:.2f}x; "
-          f"folded bottom / unfolded: {fold_ratio:.2f}x (median of {len(bares)} back-to-back pairs)")
+          f"folded bottom / unfolded: {fold_ratio:.2f}x, depthwise and norm kept / trained: {dense_ratio:.2f}x "
+          f"(medians of {len(bares)} back-to-back pairs)")
     return 0
 
 

@@ -57,6 +57,11 @@ class TrainConfig:
     finetune_epochs: int = 16
     finetune_lr: float = 3e-4
     finetune_depth: float = 0.5  # fraction of the backbone (from the top) that stage 2 trains
+    # Within it, the depthwise filters and BatchNorm's scale/shift stay as pretrained unless asked: 5% of the
+    # parameters, a fifth of the CPU step (top step 21.9 vs 27.4 ms per image). Measured (5-fold CV, README):
+    # accuracy 0.995, mean IoU 0.723, loc accuracy 0.917, against 0.994 / 0.722 / 0.909 training them.
+    finetune_depthwise: bool = False
+    finetune_norm: bool = False
     # optimisation
     freeze_bn: bool = True  # stage 2 keeps the backbone's BatchNorm statistics (small batches)
     batch_size: int = 32
@@ -128,7 +133,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        # Runs written before these options trained everything in the top: resume them as they began.
+        before = {"finetune_depthwise": True, "finetune_norm": True}
+        return cls(**{**before, **{k: v for k, v in d.items() if k in known}})
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = True) -> None:
@@ -161,6 +168,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate")
     g.add_argument("--finetune-depth", type=float, default=d.finetune_depth,
                    help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)")
+    g.add_argument("--finetune-depthwise", action="store_true",
+                   help="stage 2 also trains the depthwise convolutions' filters (default: kept as pretrained; "
+                        "on a CPU their gradient costs more than all their parameters are worth)")
+    g.add_argument("--finetune-norm", action="store_true",
+                   help="stage 2 also trains BatchNorm's scale and shift (default: kept as pretrained)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--train-bn", dest="freeze_bn", action="store_false",
                    help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)")

@@ -254,7 +254,8 @@ def cached_finetune_start(model, config: TrainConfig) -> int:
     trained, or BatchNorm statistics that change and would make the cache stale)."""
     if not (config.finetune_epochs and config.finetune_cache and config.freeze_bn):
         return 0
-    set_backbone_trainable(model, True, config.finetune_depth)
+    set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
+                           norm=config.finetune_norm)
     start = model.frozen_stages()
     set_backbone_trainable(model, False)
     return start
@@ -387,7 +388,8 @@ def fit(
             groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
             base_lr = config.lr
         else:
-            set_backbone_trainable(model, True, config.finetune_depth)
+            set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
+                                   norm=config.finetune_norm)
             store.load(splits.train + splits.val)
             if start:  # the frozen bottom's output per cached view: only the top runs, forward and back
                 views = range(config.cache_views) if config.augment else [0]

@@ -229,22 +229,50 @@ def test_images_the_dataset_check_rejects_are_skipped_with_a_count(tiny, synth, 
 
 
 def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tmp_path):
-    from training.checkpoint import load_checkpoint
+    from training.checkpoint import load_checkpoint, model_from_config, read_config
 
     common = [synth, *tiny, "--epochs", "2", "--patience", "0"]
     assert cli("train", *common, "--finetune-epochs", "0", "--out", tmp_path / "frozen") == 0
     assert cli("train", *common, "--finetune-epochs", "1", "--finetune-depth", "0.5", "--out", tmp_path / "half") == 0
+    assert cli("train", *common, "--finetune-epochs", "1", "--finetune-depth", "0.5", "--finetune-norm",
+               "--out", tmp_path / "half_norm") == 0
     before = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
-    after = load_checkpoint(tmp_path / "half" / "last.pt")["model"]
-    # parameter tensors of the backbone, in order (buffers such as BatchNorm statistics left out)
-    from training.checkpoint import model_from_config, read_config
-
     model = model_from_config(read_config(tmp_path / "half"))
+    # parameter tensors of the backbone, in order (buffers such as BatchNorm statistics left out)
     names = ["backbone." + n for n, _ in model.backbone.named_parameters()]
-    changed = [not torch.equal(before[n], after[n]) for n in names]
+    norm = {"backbone." + n for m_name, m in model.backbone.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d) for n in (f"{m_name}.weight", f"{m_name}.bias")}
     half = len(names) - round(0.5 * len(names))
-    assert not any(changed[:half]), "the bottom half of the backbone must stay frozen"
-    assert sum(changed[half:]) > 0.8 * (len(names) - half), "the top half must be fine-tuned"
+    top_dense = [n for n in names[half:] if n not in norm]
+    top_norm = [n for n in names[half:] if n in norm]
+    assert top_dense and top_norm
+    for run, trained in (("half", top_dense), ("half_norm", names[half:])):
+        after = load_checkpoint(tmp_path / run / "last.pt")["model"]
+        changed = {n for n in names if not torch.equal(before[n], after[n])}
+        assert changed == set(trained), f"{run}: fine-tuned {sorted(changed ^ set(trained))[:4]}..."
+
+
+def test_finetuning_keeps_depthwise_filters_and_norm_affine_unless_asked():
+    """Lite0's top: by default its dense convolutions train and its depthwise filters and BatchNorm
+    scale/shift stay as pretrained (measured cheaper at no loss); the flags train them too."""
+    from models import build_model
+    from models.backbones import trunk_stages
+    from training.engine import set_backbone_trainable
+
+    model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
+    depthwise = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    dense = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    set_backbone_trainable(model, True, 0.5)
+    k = model.frozen_stages()
+    assert any(m.weight.requires_grad for m in depthwise) and any(m.weight.requires_grad for m in norms)
+    set_backbone_trainable(model, True, 0.5, depthwise=False, norm=False)
+    assert not any(p.requires_grad for m in depthwise + norms for p in m.parameters())
+    assert any(m.weight.requires_grad for m in dense)
+    assert model.frozen_stages() >= k  # what stays frozen can only grow
+    assert not any(p.requires_grad for s in trunk_stages(model.backbone)[:model.frozen_stages()] for p in s.parameters())
+    set_backbone_trainable(model, True, 0.5, depthwise=True, norm=False)
+    assert any(m.weight.requires_grad for m in depthwise) and not any(m.weight.requires_grad for m in norms)
 
 
 def test_frozen_stages_are_the_untrained_bottom():
@@ -338,3 +366,13 @@ def test_update_weight_ratio_warning_only_when_it_means_something():
     assert ratio_warning("heads", 1e-3, epoch=3, lr_fraction=1.0) is None  # the lecture's ~1e-3
     assert ratio_warning("heads", 5e-2, epoch=1, lr_fraction=1.0) is None  # fresh heads move fast
     assert ratio_warning("heads", 3e-5, epoch=30, lr_fraction=0.1) is None  # the schedule's tail, on purpose
+
+
+def test_a_config_written_before_the_finetune_options_resumes_as_it_began():
+    """``--resume`` rebuilds the config from RUN_DIR/config.json: a run from before
+    --finetune-depthwise/--finetune-norm existed trained both, and must go on doing so."""
+    from training.config import TrainConfig
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("finetune_depthwise", "finetune_norm")}
+    assert TrainConfig.from_dict(old).finetune_depthwise and TrainConfig.from_dict(old).finetune_norm
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
