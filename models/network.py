@@ -8,7 +8,7 @@ from torch import nn
 from clsloc.boxes import mirror_boxes
 from clsloc.preprocess import Preprocessing
 from models.backbones import get_backbone, trunk_stages
-from models.frozen import fold_batchnorm
+from models.frozen import fold_batchnorm, fold_constant_norms
 from models.heads import BoxHead, ClassificationHead
 
 
@@ -69,15 +69,27 @@ class ClsLocNet(nn.Module):
             x = stage(x)
         return x
 
+    def probe_input(self) -> torch.Tensor:
+        """Two random images at the input size, on the model's device and in its memory format, for
+        the checks of ``models.frozen``. A local generator: training's random streams stay as they were."""
+        param = next(self.backbone.parameters())
+        probe = torch.randn(2, 3, *self.preprocessing.size, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(param.device)
+        if param.device.type == "cpu":
+            probe = probe.contiguous(memory_format=torch.channels_last)
+        return probe
+
     def frozen_trunk(self) -> nn.Sequential:
         """The trunk's stages as a BatchNorm-folded inference snapshot (``models.frozen``): what
         training runs where the trunk, or its bottom (slice it), stays frozen."""
-        param = next(self.backbone.parameters())
-        probe = torch.randn(2, 3, *self.preprocessing.size, generator=torch.Generator().manual_seed(0))
-        probe = probe.to(param.device)  # a local generator: the training's random streams stay as they were
-        if param.device.type == "cpu":
-            probe = probe.contiguous(memory_format=torch.channels_last)
-        return fold_batchnorm(trunk_stages(self.backbone), probe)
+        return fold_batchnorm(trunk_stages(self.backbone), self.probe_input())
+
+    def top_with_constant_norms_folded(self, start: int) -> nn.Sequential:
+        """Trunk stages ``start`` on as a training view (``models.frozen.fold_constant_norms``): the
+        same convolutions, the norm layers that cannot change folded into them. Freeze first."""
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # drop path, if any, uses up no draws
+            probe = self.forward_trunk(self.probe_input(), 0, start)
+        return fold_constant_norms(trunk_stages(self.backbone)[start:], probe)
 
     def forward_top(self, activations: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The network from trunk stage ``start`` on: ``forward_top(forward_trunk(x, 0, k), k) == forward(x)``."""

@@ -224,15 +224,24 @@ class CachedViews(torch.utils.data.Dataset):
 
 
 class Top(nn.Module):
-    """The network above its cached frozen bottom, as a module (so DDP can wrap stage 2)."""
+    """The network above its cached frozen bottom, as a module (so DDP can wrap stage 2).
 
-    def __init__(self, model, start: int):
+    ``fold_norms``: train through ``ClsLocNet.top_with_constant_norms_folded``, the
+    top's convolutions with the norm layers that cannot change folded in (the
+    same function and gradients up to float rounding, without the norm
+    layers' work). Build it after the norm layers are frozen.
+    """
+
+    def __init__(self, model, start: int, *, fold_norms: bool = False):
         super().__init__()
         self.model = model
         self.start = start
+        self.trunk = model.top_with_constant_norms_folded(start) if fold_norms else None
 
     def forward(self, activations):
-        return self.model.forward_top(activations, self.start)
+        if self.trunk is None:
+            return self.model.forward_top(activations, self.start)
+        return self.model.forward_heads(self.trunk(activations))
 
 
 class ThroughFrozen:
@@ -390,6 +399,8 @@ def fit(
         else:
             set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
                                    norm=config.finetune_norm)
+            if config.freeze_bn:
+                model.backbone.apply(_freeze_batchnorm)  # before Top folds the norm layers that cannot change
             store.load(splits.train + splits.val)
             if start:  # the frozen bottom's output per cached view: only the top runs, forward and back
                 views = range(config.cache_views) if config.augment else [0]
@@ -398,7 +409,7 @@ def fit(
                                      desc=f"activations (train, view {view + 1}/{len(views)})", **cache_args)
                     for view in views
                 ])
-                trainable = Top(model, start)
+                trainable = Top(model, start, fold_norms=True)  # the cache needs frozen norm statistics
             else:
                 train_set = (AugmentedDataset(splits.train, store, class_index, augmentation(config)) if config.augment
                              else FixedDataset(splits.train, store, class_index))
@@ -412,9 +423,10 @@ def fit(
                                            desc="activations (val)", **cache_args)
                 val_forward = Top(model, bottom)
                 if not start:
-                    # Fresh images: the frozen bottom runs as its BatchNorm-folded snapshot, outside autograd.
+                    # Fresh images: the frozen bottom runs as its BatchNorm-folded snapshot, outside autograd,
+                    # and the top trains with its constant norm layers folded in too.
                     frozen_bottom = features.trunk(model)[:bottom]
-                    trainable = Top(model, bottom)
+                    trainable = Top(model, bottom, fold_norms=True)
             else:
                 val_set = FixedDataset(splits.val, store, class_index)
             groups = [

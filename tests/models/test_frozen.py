@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from models import build_model
+from models.backbones import trunk_stages
 from models.frozen import fold_batchnorm
 
 torch.set_num_threads(2)
@@ -72,3 +73,66 @@ def test_folding_checks_its_result_and_keeps_the_plain_copy_when_wrong(caplog):
     assert any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), module(x))
+
+
+def test_constant_norms_fold_into_the_trained_convs_with_the_same_function_and_gradients():
+    """Fine-tuning's view of Lite0's top: the norm layers that cannot change are folded into the
+    convolutions, which stay the model's own; output and every gradient match the unfolded top."""
+    from training.engine import set_backbone_trainable
+
+    model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
+    randomize_batchnorm(model)
+    set_backbone_trainable(model, True, 0.5, depthwise=False, norm=False)
+    model.train()
+    model.backbone.apply(lambda m: m.eval() if isinstance(m, nn.BatchNorm2d) else None)
+    start = model.frozen_stages()
+    view = model.top_with_constant_norms_folded(start)
+    folded = [m for m in view.modules() if type(m).__name__ == "ConvConstantNorm"]
+    top_norms = [m for s in trunk_stages(model.backbone)[start:] for m in s.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(folded) == len(top_norms) > 5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in view.modules())
+    own = {id(p) for p in model.parameters()}
+    assert {id(p) for p in view.parameters()} <= own  # training the view trains the model
+    trained = [p for p in model.parameters() if p.requires_grad]
+    x = model.forward_trunk(torch.randn(4, 3, 64, 64), 0, start).detach()
+
+    def run(forward):
+        for p in trained:
+            p.grad = None
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.shape[1]).view(1, -1, 1, 1)).square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in trained if p.grad is not None]
+
+    want, want_grads = run(lambda a: model.forward_trunk(a, start))
+    got, got_grads = run(view)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert len(got_grads) == len(want_grads) > 0
+    for g, w in zip(got_grads, want_grads):
+        assert (g - w).abs().max() <= 1e-3 * w.abs().max()
+    model.state_dict()  # the model itself is untouched: still its convs and norm layers
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()) >= len(top_norms)
+
+
+def test_norm_layers_that_train_are_not_folded():
+    from training.engine import set_backbone_trainable
+
+    model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
+    set_backbone_trainable(model, True, 0.5, depthwise=False, norm=True)
+    model.eval()
+    view = model.top_with_constant_norms_folded(model.frozen_stages())
+    assert not any(type(m).__name__ == "ConvConstantNorm" for m in view.modules())
+
+
+def test_constant_norm_folding_checks_its_result_and_trains_unfolded_when_wrong(caplog):
+    from models.frozen import fold_constant_norms
+
+    module = NormAfterTheFact()
+    randomize_batchnorm(module)
+    module.requires_grad_(False)
+    module.conv.weight.requires_grad_(True)
+    module.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="clsloc.models"):
+        view = fold_constant_norms([module], x)
+    assert "training unfolded" in caplog.text
+    assert list(view) == [module]
