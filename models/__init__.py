@@ -3,7 +3,8 @@
 - ``models.backbones``  pretrained ImageNet trunks loaded offline (EfficientNet-Lite0/1/2, torchvision)
 - ``models.heads``      classification head, box regression head (map or pooled, agnostic or per-class)
 - ``models.network``    ClsLocNet, ``build_model``, ``select_boxes``, the ONNX ``ExportWrapper``
-- ``models.frozen``     the frozen trunk as a BatchNorm-folded inference snapshot (what training runs there)
+- ``models.frozen``     frozen BatchNorm folded into the convs: the frozen trunk's inference snapshot, the
+                        fine-tuned top's training view
 """
 
 from models.backbones import BACKBONES, BackboneError, get_backbone

@@ -85,14 +85,28 @@ def fold_batchnorm(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequentia
     folded.requires_grad_(False)  # the folded convs are new parameters
     if probe.device.type == "cpu":
         folded.to(memory_format=torch.channels_last)  # the folded weights are new tensors
-    with torch.no_grad():
-        want, got = plain(probe), folded(probe)
-    scale = float(want.abs().max()) or 1.0
-    error = float((want - got).abs().max()) / scale
+    error = _relative_error(plain, folded, probe)
     if not error <= FOLD_TOLERANCE:
         log.warning("BatchNorm folding changed the frozen trunk's output by %.1e (relative); running it unfolded", error)
         return plain
     return folded
+
+
+def rng_devices(tensor: torch.Tensor) -> list[int]:
+    """The CUDA devices whose random state work on ``tensor`` may draw from (``fork_rng``'s devices)."""
+    return [tensor.device.index or 0] if tensor.device.type == "cuda" else []
+
+
+def _relative_error(plain: nn.Module, folded: nn.Module, probe: torch.Tensor) -> float:
+    """max |folded(probe) - plain(probe)| / max |plain(probe)|, both with the same random draws
+    (drop path in training mode) and none used up from training's streams."""
+    with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(probe)):
+        torch.manual_seed(0)
+        want = plain(probe)
+        torch.manual_seed(0)
+        got = folded(probe)
+    scale = float(want.abs().max()) or 1.0
+    return float((want - got).abs().max()) / scale
 
 
 class ConvConstantNorm(nn.Module):
@@ -148,13 +162,7 @@ def fold_constant_norms(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequ
     view = nn.Sequential(*[_view(stage) for stage in stages])
     if _fold_in_place(view, fuse=ConvConstantNorm, foldable=_constant) == 0:
         return plain
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # same draws for both (drop path), none used up
-        torch.manual_seed(0)
-        want = plain(probe)
-        torch.manual_seed(0)
-        got = view(probe)
-    scale = float(want.abs().max()) or 1.0
-    error = float((want - got).abs().max()) / scale
+    error = _relative_error(plain, view, probe)
     if not error <= FOLD_TOLERANCE:
         log.warning("folding the constant norm layers changed the output by %.1e (relative); training unfolded",
                     error)

@@ -8,7 +8,7 @@ from torch import nn
 from clsloc.boxes import mirror_boxes
 from clsloc.preprocess import Preprocessing
 from models.backbones import get_backbone, trunk_stages
-from models.frozen import fold_batchnorm, fold_constant_norms
+from models.frozen import fold_batchnorm, fold_constant_norms, rng_devices
 from models.heads import BoxHead, ClassificationHead
 
 
@@ -87,8 +87,9 @@ class ClsLocNet(nn.Module):
     def top_with_constant_norms_folded(self, start: int) -> nn.Sequential:
         """Trunk stages ``start`` on as a training view (``models.frozen.fold_constant_norms``): the
         same convolutions, the norm layers that cannot change folded into them. Freeze first."""
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # drop path, if any, uses up no draws
-            probe = self.forward_trunk(self.probe_input(), 0, start)
+        probe = self.probe_input()
+        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(probe)):  # drop path, if any, draws nothing
+            probe = self.forward_trunk(probe, 0, start)
         return fold_constant_norms(trunk_stages(self.backbone)[start:], probe)
 
     def forward_top(self, activations: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
