@@ -17,16 +17,19 @@ channels_last), same optimizer settings:
 * fresh (the default stage 2): ``training.engine.train_one_epoch`` with that
   forward over a DataLoader of ``training.data.AugmentedDataset`` on the shared photos —
   decoded images in memory, the default augmentation (``training.fit.augmentation``
-  plus colour), Preprocessing, loss, update/weight ratio bookkeeping;
+  plus colour), Preprocessing, loss, update/weight ratio bookkeeping; the next
+  batch is fetched during this one's backward pass (``training.engine.Prefetcher``);
+* fresh, next batch fetched after the step: the same loop without prefetching;
 * cached (``--finetune-cache``): the same loop over ``training.fit.CachedViews``,
   the frozen bottom's output per cached view, so only the trained top runs.
   Building the cache (each view augmented and run through the bottom once) is
   timed apart, per image and view.
 
 The loops are measured in turns (bare, unfolded, everything trained three
-times, fresh, cached, ...) so a noisy neighbour on the machine hurts all
+times, fresh, fresh without prefetching, cached, ...) so a noisy neighbour on the machine hurts all
 alike; the fold's and the kept parameters' ratios are medians over
-back-to-back pairs. Goal: fresh >= 0.8x bare.
+back-to-back pairs, fresh and cached against the median of the same round's
+bare loops. Goal: fresh >= 0.8x bare.
 """
 
 from __future__ import annotations
@@ -103,12 +106,12 @@ def main() -> int:
     stage2 = ThroughFrozen(cache.trunk(model)[:start], top)  # what fit() runs on fresh images
     stage2_all = ThroughFrozen(cache.trunk(model)[:start_all], Top(model, start_all))
 
-    def loop(forward, data) -> float:
+    def loop(forward, data, prefetch: bool = True) -> float:
         if isinstance(data, CachedViews):
             data.draw(torch.Generator().manual_seed(len(bares)))
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
         stats = train_one_epoch(forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
-                                device=device, progress=False)
+                                device=device, progress=False, prefetch=prefetch)
         return stats.n / stats.seconds
 
     x = torch.randn(args.batch_size, 3, h, w).contiguous(memory_format=torch.channels_last)
@@ -132,7 +135,7 @@ def main() -> int:
         finally:
             trains(False)
 
-    bares, unfolded, everything, fresh, cached = [], [], [], [], []
+    bares, unfolded, everything, fresh, serial, cached = [], [], [], [], [], []
     bare(stage2), bare(model), bare_everything()  # warm-up: allocator pools, oneDNN kernels
     for _ in range(args.rounds):
         for _ in range(3):  # gains of 10-25% are within one round's noise here: more, shorter pairs
@@ -140,8 +143,14 @@ def main() -> int:
             unfolded.append(bare(model))
             everything.append(bare_everything())
         fresh.append(loop(stage2, dataset))
+        serial.append(loop(stage2, dataset, prefetch=False))
         cached.append(loop(top, views))
     bare_ips, unfolded_ips, fresh_ips, cached_ips = max(bares), max(unfolded), max(fresh), max(cached)
+    # Each round's loops against the median of the same round's bare loops: a maximum over rounds
+    # compares numbers from different minutes of a machine whose speed drifts by 30%.
+    per_round = [statistics.median(bares[3 * r:3 * r + 3]) for r in range(args.rounds)]
+    fresh_ratio = statistics.median(f / b for f, b in zip(fresh, per_round))
+    cached_ratio = statistics.median(c / b for c, b in zip(cached, per_round))
     fold_ratio = statistics.median(b / u for b, u in zip(bares, unfolded))
     dense_ratio = statistics.median(b / e for b, e in zip(bares, everything))
     print(f"backbone {args.backbone} (top {config.finetune_depth:g} trained, as the default stage 2; the cache holds "
@@ -154,9 +163,14 @@ def main() -> int:
     print(f"{'bare, depthwise and norm trained too':<44} {max(everything):>9.1f}   "
           + " ".join(f"{v:.1f}" for v in everything))
     print(f"{'fresh (default: augmenting DataLoader)':<44} {fresh_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in fresh))
+    print(f"{'fresh, next batch fetched after the step':<44} {max(serial):>9.1f}   "
+          + " ".join(f"{v:.1f}" for v in serial))
     print(f"{'cached (--finetune-cache: top only)':<44} {cached_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in cached))
     print(f"building the cache: {cache_ms:.1f} ms per image and view ({config.cache_views} views), once per run")
-    print(f"ratio fresh / bare: {fresh_ips / bare_ips:.2f}x (goal >= 0.8x); cached / bare: {cached_ips / bare_ips:.2f}x; "
+    prefetch_ratio = statistics.median(f / s for f, s in zip(fresh, serial))
+    print(f"ratio fresh / bare: {fresh_ratio:.2f}x (goal >= 0.8x); cached / bare: {cached_ratio:.2f}x "
+          f"(medians over rounds, against each round's bare median); "
+          f"prefetching / not: {prefetch_ratio:.2f}x (median of {len(fresh)} pairs); "
           f"folded bottom / unfolded: {fold_ratio:.2f}x, depthwise and norm kept / trained: {dense_ratio:.2f}x "
           f"(medians of {len(bares)} back-to-back pairs)")
     return 0

@@ -10,6 +10,7 @@ runs once and training runs only the rest on what it computed.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,6 +114,47 @@ class EpochStats:
     seconds: float = 0.0
 
 
+class Prefetcher:
+    """Batches of ``loader``, the next one fetched on a background thread (``fetch_next``) while
+    the caller computes on the current one: the augmentation's pixel work of batch i+1 runs
+    beside batch i's backward pass instead of after it.
+
+    Where the next fetch starts is the caller's choice, because augmentation
+    draws from torch's global RNG: training starts it after the forward pass
+    (whose dropout draws come first), so every random number is drawn in the
+    order of a plain loop and the results are the same bit for bit.
+    """
+
+    _END = object()
+
+    def __init__(self, loader):
+        self._batches = iter(loader)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clsloc-prefetch")
+        self._next: Future | None = None
+
+    def fetch_next(self) -> None:
+        if self._next is None:
+            self._next = self._thread.submit(next, self._batches, self._END)
+
+    def __iter__(self):
+        try:
+            while True:
+                self.fetch_next()
+                batch, self._next = self._next.result(), None
+                if batch is self._END:
+                    return
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Wait for a fetch in flight (a loop left early), then let the thread go."""
+        if self._next is not None:
+            self._next.exception()
+            self._next = None
+        self._thread.shutdown()
+
+
 def train_one_epoch(
     forward,
     loader,
@@ -127,11 +169,14 @@ def train_one_epoch(
     progress: bool = True,
     abort_above: float | None = None,
     explode_factor: float | None = None,
+    prefetch: bool = True,
 ) -> EpochStats:
     """Train over ``loader`` once. ``forward(x) -> (logits, boxes)`` is either the
     whole network (x = images) or only its heads (x = cached features).
     ``abort_above``: stop the epoch as soon as a batch loss exceeds it or is NaN;
-    ``explode_factor``: set ``abort_above`` from this epoch's first batch loss."""
+    ``explode_factor``: set ``abort_above`` from this epoch's first batch loss.
+    ``prefetch``: fetch the next batch during this one's backward pass (``Prefetcher``;
+    the same numbers either way)."""
     import time
 
     start = time.perf_counter()
@@ -141,7 +186,8 @@ def train_one_epoch(
     correct = seen = 0
     iou_sum = 0.0
     use_amp = scaler is not None
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    batches = Prefetcher(loader) if prefetch else None
+    bar = tqdm(batches or loader, total=len(loader), desc=desc, leave=False, disable=not progress, unit="batch")
     for x, labels, targets in bar:
         x = x.to(device, non_blocking=True)
         if x.dim() == 4 and device.type == "cpu":
@@ -150,6 +196,8 @@ def train_one_epoch(
         with torch.autocast(device.type, enabled=use_amp):
             logits, boxes = forward(x)
             parts = compute_loss(logits, boxes, labels, targets, box_kind=box_kind, box_weight=box_weight)
+        if batches is not None:
+            batches.fetch_next()  # after the forward's random draws (dropout), as a plain loop would draw them
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(parts.total.detach())
         if seen == 0:
@@ -180,6 +228,8 @@ def train_one_epoch(
         seen += n
         bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
+    if batches is not None:
+        batches.close()
     stats.n = seen
     if seen and not stats.aborted:
         stats.loss, stats.cls_loss, stats.box_loss = (sums / seen).tolist()
@@ -238,7 +288,9 @@ def compute_features(trunk: nn.Sequential, loader, device: torch.device, *, stop
     trunk.eval()
     outs: list[list[torch.Tensor]] = [[] for _ in stops]
     labels, boxes = [], []
-    for x, y, b in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+    batches = Prefetcher(loader)  # the views draw from their own seeds: any order of fetching gives the same
+    for x, y, b in tqdm(batches, total=len(loader), desc=desc, leave=False, disable=not progress, unit="batch"):
+        batches.fetch_next()
         x = x.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

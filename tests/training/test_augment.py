@@ -203,3 +203,35 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
         np.testing.assert_array_equal(box.numpy(), want_box.astype(np.float32))
     # and the batch really was augmented in different ways (flips, zoom-outs, crops)
     assert len({tuple(np.round(b.numpy(), 4)) for _, _, b in batch}) >= 10
+
+
+def test_prefetching_the_next_batch_changes_no_number(tmp_path):
+    """The next batch is augmented during this one's backward pass; its random draws still come
+    after this batch's dropout, so an epoch ends with the same weights and RNG state, bit for bit."""
+    import copy
+
+    from models import build_model
+    from training.data import AugmentedDataset, ImageStore, train_transform
+    from training.engine import train_one_epoch
+
+    records = _records_of_scenes(tmp_path, 12)
+    store = ImageStore(Preprocessing(size=(64, 64)))
+    data = AugmentedDataset(records, store, {"a": 0}, train_transform(0.7, 0.5, zoom_out_p=0.5))
+    torch.manual_seed(0)
+    start = build_model("resnet18", 2, pretrained=False, input_size=64, dropout=0.5)
+    start.train()
+    runs = []
+    for prefetch in (False, True):
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True,
+                                             generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        stats = train_one_epoch(model, loader, optimizer, box_kind="mse", box_weight=5.0,
+                                device=torch.device("cpu"), progress=False, prefetch=prefetch)
+        runs.append((stats.loss, model.state_dict(), torch.rand(3)))
+    (loss_a, weights_a, after_a), (loss_b, weights_b, after_b) = runs
+    assert loss_a == loss_b
+    for name in weights_a:
+        torch.testing.assert_close(weights_b[name], weights_a[name], rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(after_b, after_a, rtol=0, atol=0)
