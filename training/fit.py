@@ -13,11 +13,12 @@ best stage-1 weights. Within the top, by default, only the dense convolutions
 train: the depthwise filters and BatchNorm (statistics, scale and shift) stay
 as pretrained, which on a CPU saves a fifth of the step at no measured loss,
 and lets the top train with its norm layers folded into the convolutions
-(``ClsLocNet.top_with_constant_norms_folded``). With ``--finetune-cache`` its frozen bottom's output is
-cached too, per view, in the same pass as stage 1's features, and each epoch
-draws one cached view per image so only the trained top runs, forward and
-back: about 1.6x the images/s on a CPU, but measured less accurate than fresh
-augmentation (README), so it is an option for quick experiments.
+(``ClsLocNet.top_with_constant_norms_folded``). With ``--finetune-cache`` its
+frozen bottom's output is cached too, per view, in the same pass as stage 1's
+features, and each epoch draws one cached view per image so only the trained
+top runs, forward and back: about 1.7x the images/s of fresh augmentation on
+a CPU, but measured less accurate (README), so it is an option for quick
+experiments.
 
 Wherever the backbone stays frozen (stage 1's features, stage 2's bottom
 under fresh augmentation, the cached activations) it runs as one
@@ -261,14 +262,20 @@ class ThroughFrozen:
         return self.top(x)
 
 
+def set_finetune_trainable(model, config: TrainConfig) -> None:
+    """What stage 2 trains: the top ``finetune_depth`` of the backbone, its depthwise filters and
+    norm layers' scale/shift only when the config asks (``set_backbone_trainable``)."""
+    set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
+                           norm=config.finetune_norm)
+
+
 def cached_finetune_start(model, config: TrainConfig) -> int:
     """The trunk stage stage 2 starts from when it trains on cached activations; 0 = it runs
     the whole network on fresh images (no stage 2, the cache switched off, the whole trunk
     trained, or BatchNorm statistics that change and would make the cache stale)."""
     if not (config.finetune_epochs and config.finetune_cache and config.freeze_bn):
         return 0
-    set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
-                           norm=config.finetune_norm)
+    set_finetune_trainable(model, config)
     start = model.frozen_stages()
     set_backbone_trainable(model, False)
     return start
@@ -401,8 +408,7 @@ def fit(
             groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
             base_lr = config.lr
         else:
-            set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
-                                   norm=config.finetune_norm)
+            set_finetune_trainable(model, config)
             if config.freeze_bn:
                 model.backbone.apply(_freeze_batchnorm)  # before Top folds the norm layers that cannot change
             store.load(splits.train + splits.val)
