@@ -81,7 +81,7 @@ class TrainConfig:
     # README, at 224 px): 8 views x 16 epochs beat 2 x 40 (accuracy 0.994 vs 0.989, loc accuracy 0.857 vs 0.848).
     # At 256 px, 8 views and 16 fine-tune epochs: 0.721 / 0.909 against 0.710 / 0.890 for 4 views and 12 epochs;
     # with the frozen trunk BatchNorm-folded and the top's depthwise filters and norm layers kept, default
-    # training took 4 min 25 s in an ordinary hour and 5 min 2 s in a busy one (README; the budget is 5).
+    # training took 4 min 25 s and 4 min 35 s in ordinary hours, 5 min 2 s in a busy one (README; the budget is 5).
     cache_views: int = 8
     # Stage 2 on the frozen bottom's cached output per view (only the top runs): 1.35x faster folds but
     # measured worse than fresh augmentation (5-fold CV loc accuracy 0.835 vs 0.857), so off by default.
