@@ -8,7 +8,8 @@ channels_last), same optimizer settings:
 
 * bare: forward + loss + backward + step of the default stage 2's network
   (``training.fit.ThroughFrozen``: the frozen bottom's BatchNorm-folded
-  snapshot, then the trained top) on one in-memory tensor batch;
+  snapshot, then the trained top with its frozen norm layers folded in) on one
+  in-memory tensor batch;
 * bare, unfolded: the same with the whole network as one module, BatchNorm
   unfolded (how stage 2 ran before the snapshot) — the baseline of the fold;
 * bare, depthwise and norm trained too: the default's loop with the top's
@@ -65,7 +66,7 @@ def main() -> int:
     from training.data import AugmentedDataset, ImageStore, prepare_splits
     from training.engine import compute_loss, set_backbone_trainable, train_one_epoch
     from training.fit import (CachedViews, FeatureCache, ThroughFrozen, Top, _freeze_batchnorm, augmentation,
-                              cached_finetune_start, make_optimizer, model_for)
+                              cached_finetune_start, make_optimizer, model_for, set_finetune_trainable)
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -77,8 +78,10 @@ def main() -> int:
 
     def trains(everything: bool) -> None:
         """The default stage 2's trainable set, or everything in the top (depthwise and norm too)."""
-        set_backbone_trainable(model, True, config.finetune_depth, depthwise=everything or config.finetune_depthwise,
-                               norm=everything or config.finetune_norm)
+        if everything:
+            set_backbone_trainable(model, True, config.finetune_depth)
+        else:
+            set_finetune_trainable(model, config)
 
     trains(True)
     start_all = model.frozen_stages()
@@ -102,8 +105,9 @@ def main() -> int:
     cache_ms = 1000 * (time.perf_counter() - t) / (len(records) * config.cache_views)
     model.train()
     model.backbone.apply(_freeze_batchnorm)
-    top = Top(model, start)
+    top = Top(model, start, fold_norms=True)  # as fit() trains it: the frozen norm layers folded in
     stage2 = ThroughFrozen(cache.trunk(model)[:start], top)  # what fit() runs on fresh images
+    # Trained norm layers cannot be folded: fit() runs this top as it is.
     stage2_all = ThroughFrozen(cache.trunk(model)[:start_all], Top(model, start_all))
 
     def loop(forward, data, prefetch: bool = True) -> float:
@@ -171,7 +175,8 @@ def main() -> int:
     print(f"ratio fresh / bare: {fresh_ratio:.2f}x (goal >= 0.8x); cached / bare: {cached_ratio:.2f}x "
           f"(medians over rounds, against each round's bare median); "
           f"prefetching / not: {prefetch_ratio:.2f}x (median of {len(fresh)} pairs); "
-          f"folded bottom / unfolded: {fold_ratio:.2f}x, depthwise and norm kept / trained: {dense_ratio:.2f}x "
+          f"folded (bottom snapshot, top view) / unfolded: {fold_ratio:.2f}x, "
+          f"depthwise and norm kept (and folded) / trained: {dense_ratio:.2f}x "
           f"(medians of {len(bares)} back-to-back pairs)")
     return 0
 
