@@ -35,7 +35,7 @@ def test_augmented_box_stays_on_the_object(box, zoom_out_p):
     width, height = 200, 150
     rgb = _scene(width, height, box)
     norm = np.array(box, dtype=np.float32) / np.array([width, height, width, height], dtype=np.float32)
-    sample = Sample(fixed=rgb, large=torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), box=norm)
+    sample = Sample(fixed=rgb, large=rgb, box=norm)
     transform = train_transform(zoom_out_p=zoom_out_p, zoom_out_max=3.0)
     changed = 0
     areas = []
@@ -180,10 +180,11 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
 
     def one_by_one(i):  # the plain way: torchvision's transforms called on the image and its box
         sample = store[records[i]]
-        _, h, w = sample.large.shape
+        h, w = sample.large.shape[:2]
         boxes = tv_tensors.BoundingBoxes(torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
                                          format="XYXY", canvas_size=(h, w))
-        image, boxes = data.transform(tv_tensors.Image(sample.large), boxes)
+        image = tv_tensors.Image(torch.from_numpy(sample.large).permute(2, 0, 1).contiguous())
+        image, boxes = data.transform(image, boxes)
         resized = torch.from_numpy(np.array(pre.resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))))
         x = pre.normalize(data.colour(resized.permute(2, 0, 1)).permute(1, 2, 0).numpy())
         out_h, out_w = boxes.canvas_size
@@ -203,6 +204,69 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
         np.testing.assert_array_equal(box.numpy(), want_box.astype(np.float32))
     # and the batch really was augmented in different ways (flips, zoom-outs, crops)
     assert len({tuple(np.round(b.numpy(), 4)) for _, _, b in batch}) >= 10
+
+
+def _photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients, a few flat patches and noise: every uint8 value, most colours."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    rgb = np.stack([255 * x, 255 * y, 255 * (1 - x * y)], axis=-1) + rng.normal(0, 25, (height, width, 3))
+    rgb[: height // 4, : width // 4] = (250, 250, 250)  # a bright patch: clipping at 255
+    rgb[-height // 5:, -width // 5:] = (3, 40, 2)  # a dark one: clipping at 0
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_colour_jitter_on_arrays_is_torchvisions_bit_for_bit():
+    """jitter_colour (lookup tables for brightness and contrast, an HWC array throughout) gives
+    exactly what v2.ColorJitter gives on the image as a CHW tensor, for every order of the
+    jitter's steps, hue included, and factors well beyond the defaults."""
+    from torchvision.transforms import v2
+
+    from training.data import colour_transform, jitter_colour
+
+    jitters = [colour_transform(), v2.ColorJitter(brightness=(0.0, 2.5), contrast=(0.0, 2.5), saturation=(0.0, 3.0),
+                                                 hue=0.5)]
+    torch.manual_seed(0)
+    orders = set()
+    for k in range(120):
+        rgb = _photo_like(40 + k % 7, 56 + k % 5, k)
+        for jitter in jitters:
+            params = jitter.make_params([])
+            orders.add(tuple(params["fn_idx"].tolist()))
+            want = jitter.transform(torch.from_numpy(rgb.copy()).permute(2, 0, 1), params).permute(1, 2, 0).numpy()
+            got = jitter_colour(rgb, params)
+            assert got.shape == rgb.shape and got.dtype == np.uint8
+            np.testing.assert_array_equal(got, want, err_msg=f"image {k}, {params}")
+    assert len(orders) >= 20  # of the 24 orders of the four steps
+    np.testing.assert_array_equal(jitter_colour(rgb, {}), rgb)  # nothing drawn: unchanged
+
+
+def test_geometric_steps_without_a_numpy_path_run_torchvisions_kernels():
+    """warp copies pixels itself for the default steps (crop, mirror, grey canvas); any other
+    step, or a zoom-out with a per-channel fill, goes through torchvision's kernel: the pixels
+    are those of the Compose called on a CHW image either way."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from training.data import RandomCropContaining, Sample, draw, warp
+
+    rgb = _photo_like(90, 120, 1)
+    box = np.array([0.3, 0.2, 0.7, 0.8], dtype=np.float32)
+    sample = Sample(fixed=rgb, large=rgb, box=box)
+    for transform in (
+        v2.Compose([RandomCropContaining(0.5, p=1.0), v2.RandomHorizontalFlip(p=1.0), v2.RandomZoomOut(fill=127, p=1.0)]),
+        v2.Compose([RandomCropContaining(0.5, p=1.0), v2.RandomVerticalFlip(p=1.0),
+                    v2.RandomZoomOut(fill=(10, 200, 30), p=1.0), v2.RandomRotation(20)]),
+    ):
+        for seed in range(5):
+            torch.manual_seed(seed)
+            got = warp(draw(sample, transform))
+            torch.manual_seed(seed)
+            boxes = tv_tensors.BoundingBoxes(torch.as_tensor(box * np.array([120, 90, 120, 90], dtype=np.float32))[None],
+                                             format="XYXY", canvas_size=(90, 120))
+            image, _ = transform(tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()), boxes)
+            np.testing.assert_array_equal(got, image.permute(1, 2, 0).numpy())
+            assert got.shape[:2] != rgb.shape[:2]  # the steps did run
 
 
 def test_prefetching_the_next_batch_changes_no_number(tmp_path):
