@@ -1,6 +1,6 @@
 """Does the data pipeline keep up? Images/s of the real fine-tuning loops vs a bare loop.
 
-    .venv/bin/python benchmarks/train_speed.py [--batches 6] [--batch-size 32]
+    .venv/bin/python benchmarks/train_speed.py [--batches 6] [--batch-size 32] [--rounds 5]
 
 Same process, same model (EfficientNet-Lite0, stage-2 fine-tuning of the top
 --finetune-depth of the backbone as by default, AdamW, BatchNorm frozen,
@@ -30,7 +30,9 @@ The loops are measured in turns (bare, unfolded, everything trained three
 times, fresh, fresh without prefetching, cached, ...) so a noisy neighbour on the machine hurts all
 alike; the fold's and the kept parameters' ratios are medians over
 back-to-back pairs, fresh and cached against the median of the same round's
-bare loops. Goal: fresh >= 0.8x bare.
+bare loops. Goal: fresh >= 0.8x bare. It also prints what augmenting one image
+asks of the CPU on one thread (the random draws, then the pixel work), beside
+the bare step's time per image: both come out of the same two cores.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)")
     args = parser.parse_args()
 
     from training.cpu import tune_cpu_allocator
@@ -63,7 +66,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from training.config import TrainConfig
-    from training.data import AugmentedDataset, ImageStore, prepare_splits
+    from training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
     from training.engine import compute_loss, set_backbone_trainable, train_one_epoch
     from training.fit import (CachedViews, FeatureCache, ThroughFrozen, Top, _freeze_batchnorm, augmentation,
                               cached_finetune_start, make_optimizer, model_for, set_finetune_trainable)
@@ -95,6 +98,24 @@ def main() -> int:
     store.load(records)
     decode_s = time.perf_counter() - t
     dataset = AugmentedDataset(records, store, class_index, augmentation(config))
+
+    def augmenting_ms() -> tuple[float, float]:
+        """(draws, pixel work) in ms per image on one thread: what the pipeline asks of the CPU per image."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t = time.perf_counter()
+            drawn = [draw(store[r], dataset.transform, dataset.colour) for r in records]
+            t_draw = time.perf_counter() - t
+            t = time.perf_counter()
+            for d in drawn:
+                apply(d, store.pre)
+            return 1000 * t_draw / len(records), 1000 * (time.perf_counter() - t) / len(records)
+        finally:
+            torch.set_num_threads(threads)
+
+    augmenting_ms()  # warm-up
+    draw_ms, pixel_ms = augmenting_ms()
     device = torch.device("cpu")
     h, w = model.preprocessing.size
 
@@ -171,6 +192,8 @@ def main() -> int:
           + " ".join(f"{v:.1f}" for v in serial))
     print(f"{'cached (--finetune-cache: top only)':<44} {cached_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in cached))
     print(f"building the cache: {cache_ms:.1f} ms per image and view ({config.cache_views} views), once per run")
+    print(f"augmenting one image, one thread: draws {draw_ms:.2f} ms, pixel work {pixel_ms:.2f} ms "
+          f"(against a bare step of {1000 / statistics.median(bares):.1f} ms per image on {args.threads} threads)")
     prefetch_ratio = statistics.median(f / s for f, s in zip(fresh, serial))
     print(f"ratio fresh / bare: {fresh_ratio:.2f}x (goal >= 0.8x); cached / bare: {cached_ratio:.2f}x "
           f"(medians over rounds, against each round's bare median); "
