@@ -175,7 +175,7 @@ class ImageStore:
             new = (max(1, round(w * scale)), max(1, round(h * scale)))
             rgb = np.array(Image.fromarray(rgb).resize(new, Image.Resampling.BILINEAR))
         box = np.clip(np.asarray(record.box_normalized, dtype=np.float32), 0.0, 1.0)
-        return Sample(fixed=fixed, large=np.array(rgb, copy=True), box=box)  # writable, for torch
+        return Sample(fixed=fixed, large=np.ascontiguousarray(rgb), box=box)
 
     def load(self, records: list[Record]) -> None:
         todo = [r for r in records if str(r.image) not in self._samples]
@@ -335,24 +335,19 @@ def warp(drawn: Draw) -> np.ndarray:
             image = image[top:top + params["height"], left:left + params["width"]]
         elif isinstance(transform, v2.RandomHorizontalFlip):
             image = image[:, ::-1]
-        elif isinstance(transform, v2.RandomZoomOut) and _fill_of(transform) is not None:
+        elif isinstance(transform, v2.RandomZoomOut) and (fill := _fill_of(transform)) is not None:
             left, top, right, bottom = params["padding"]
             h, w = image.shape[:2]
-            canvas = np.full((top + h + bottom, left + w + right, 3), _fill_of(transform), dtype=np.uint8)
+            canvas = np.full((top + h + bottom, left + w + right, 3), fill, dtype=np.uint8)
             canvas[top:top + h, left:left + w] = image
             image = canvas
         else:
-            image = transform.transform(tv_tensors.Image(_chw(np.ascontiguousarray(image))), params)
-            image = image.permute(1, 2, 0).numpy()
+            chw = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # a writable copy
+            image = transform.transform(chw, params).permute(1, 2, 0).numpy()
     return np.ascontiguousarray(image)
 
 
 _VALUES = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 256)  # every uint8 value, as a 1-channel image
-
-
-def _chw(rgb: np.ndarray) -> torch.Tensor:
-    """A CHW tensor view of an HWC array (Pillow's arrays are read-only: torch wants them writable)."""
-    return torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)
 
 
 def jitter_colour(rgb: np.ndarray, params: dict) -> np.ndarray:

@@ -183,7 +183,7 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
         h, w = sample.large.shape[:2]
         boxes = tv_tensors.BoundingBoxes(torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
                                          format="XYXY", canvas_size=(h, w))
-        image = tv_tensors.Image(torch.from_numpy(sample.large).permute(2, 0, 1).contiguous())
+        image = tv_tensors.Image(torch.from_numpy(sample.large.copy()).permute(2, 0, 1).contiguous())
         image, boxes = data.transform(image, boxes)
         resized = torch.from_numpy(np.array(pre.resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))))
         x = pre.normalize(data.colour(resized.permute(2, 0, 1)).permute(1, 2, 0).numpy())
