@@ -80,6 +80,7 @@ def test_constant_norms_fold_into_the_trained_convs_with_the_same_function_and_g
     convolutions, which stay the model's own; output and every gradient match the unfolded top."""
     from training.engine import set_backbone_trainable
 
+    torch.manual_seed(0)  # the weights and input: the same test on every run, whatever ran before it
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     randomize_batchnorm(model)
     set_backbone_trainable(model, True, 0.5, depthwise=False, norm=False)
@@ -107,8 +108,11 @@ def test_constant_norms_fold_into_the_trained_convs_with_the_same_function_and_g
     got, got_grads = run(view)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     assert len(got_grads) == len(want_grads) > 0
+    # Compared in norm: the two computations round differently, and a unit whose input sits on
+    # ReLU6's kink can fall on either side of it, which moves a few hundred of 200,000 entries
+    # (seen once in 70 random draws, 3e-4 of the norm; typically 1e-6).
     for g, w in zip(got_grads, want_grads):
-        assert (g - w).abs().max() <= 1e-3 * w.abs().max()
+        assert (g - w).norm() <= 1e-3 * w.norm()
     model.state_dict()  # the model itself is untouched: still its convs and norm layers
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()) >= len(top_norms)
 
