@@ -217,7 +217,8 @@ def _photo_like(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def test_colour_jitter_on_arrays_is_torchvisions_bit_for_bit():
-    """jitter_colour (lookup tables for brightness and contrast, an HWC array throughout) gives
+    """jitter_colour (lookup tables for brightness and contrast, torchvision's kernels on planar memory
+    for saturation and hue, an HWC array in and out) gives
     exactly what v2.ColorJitter gives on the image as a CHW tensor, for every order of the
     jitter's steps, hue included, and factors well beyond the defaults."""
     from torchvision.transforms import v2
