@@ -10,14 +10,14 @@ STAMP  := $(VENV)/.installed
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test browser venv clean
+.PHONY: serve test browser venv clean wheel bento
 
 venv: $(STAMP)
 
 # pip (not uv/poetry): torch==2.14.1 and torchvision==0.29.1 come from this machine's disk.
 $(STAMP): pyproject.toml clients/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./clients
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,ray,dev]' -e ./clients
 	touch $@
 
 serve: $(STAMP)
@@ -32,5 +32,13 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
+# The torch-free wheel the Bento installs (offline: setuptools comes from .venv).
+wheel: $(STAMP)
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
+# A Bento of the service and one pinned model: make bento MODEL=clsloc-default:VERSION
+bento: wheel
+	CLSLOC_MODEL=$(MODEL) $(BIN)/bentoml build
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache dist build

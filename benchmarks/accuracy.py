@@ -66,12 +66,12 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
     args = parser.parse_args()
 
-    from training.cpu import tune_cpu_allocator
+    from clsloc.training.cpu import tune_cpu_allocator
 
     tune_cpu_allocator()
-    from training.config import TrainConfig
-    from training.cv import cross_validate, fold_splits, image_store
-    from training.fit import FeatureCache
+    from clsloc.training.config import TrainConfig
+    from clsloc.training.cv import cross_validate, fold_splits, image_store
+    from clsloc.training.fit import FeatureCache
 
     config = TrainConfig(datasets=DATASETS)  # the defaults of `clsloc train`
     if args.finetune_epochs is not None:

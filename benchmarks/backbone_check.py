@@ -21,7 +21,7 @@ import torch
 
 from clsloc.images import ImageError, decode_image
 from clsloc.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from models.backbones import get_backbone, load_lite_imagenet
+from clsloc.models.backbones import get_backbone, load_lite_imagenet
 
 WALLABY = 104
 

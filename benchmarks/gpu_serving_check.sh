@@ -31,7 +31,7 @@ fi
 import io, sys, time
 import numpy as np
 from PIL import Image
-from serving.engine import CUDA, Engine
+from clsloc.serving.engine import CUDA, Engine
 
 engine = Engine(sys.argv[1])  # CLSLOC_REQUIRE_GPU=1: refuses to start unless CUDA really loaded
 print(f"providers in use: {engine.providers}")

@@ -6,7 +6,7 @@
 What it measures, all on the same network and the same photos
 (``../shared/datasets/raccoon`` when present, synthetic images otherwise):
 
-1. in-process engine (serving.engine: decode + preprocess + onnxruntime),
+1. in-process engine (clsloc.serving.engine: decode + preprocess + onnxruntime),
    single-image latency and throughput (one at a time, and batched);
 2. HTTP ``POST /predict`` of ``clsloc serve`` at concurrency 1, 8 and 32:
    throughput, p50, p99;
@@ -249,8 +249,8 @@ def naive_app(run_dir: str):
     from clsloc.boxes import to_api_box
     from clsloc.images import decode_image
     from clsloc.preprocess import Preprocessing
-    from models import ExportWrapper
-    from training.checkpoint import load_run
+    from clsloc.models import ExportWrapper
+    from clsloc.training.checkpoint import load_run
 
     model, config = load_run(run_dir)
     network = ExportWrapper(model).eval()
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(naive_app(args.naive_server[0]), host="127.0.0.1", port=int(args.naive_server[1]), log_level="warning")
         return 0
 
-    from training.export import export_run
+    from clsloc.training.export import export_run
 
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
     photos = load_photos(64)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         results["model"] = {"backbone": manifest.backbone, "input": list(manifest.preprocessing.size), "classes": len(manifest.classes)}
         print(f"model: {manifest.backbone} at {manifest.preprocessing.size}, {len(photos)} photos from {results['source']}", flush=True)
 
-        from serving.engine import Engine
+        from clsloc.serving.engine import Engine
 
         engine = Engine(model_dir, threads=args.threads)
         port = free_port()

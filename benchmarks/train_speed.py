@@ -7,7 +7,7 @@ Same process, same model (EfficientNet-Lite0, stage-2 fine-tuning of the top
 channels_last), same optimizer settings:
 
 * bare: forward + loss + backward + step of the default stage 2's network
-  (``training.fit.ThroughFrozen``: the frozen bottom's BatchNorm-folded
+  (``clsloc.training.fit.ThroughFrozen``: the frozen bottom's BatchNorm-folded
   snapshot, then the trained top with its frozen norm layers folded in) on one
   in-memory tensor batch;
 * bare, unfolded: the same with the whole network as one module, BatchNorm
@@ -15,13 +15,13 @@ channels_last), same optimizer settings:
 * bare, depthwise and norm trained too: the default's loop with the top's
   depthwise filters and BatchNorm scale/shift also trained (``--finetune-depthwise
   --finetune-norm``, what stage 2 trained before they stayed as pretrained);
-* fresh (the default stage 2): ``training.engine.train_one_epoch`` with that
-  forward over a DataLoader of ``training.data.AugmentedDataset`` on the shared photos —
-  decoded images in memory, the default augmentation (``training.fit.augmentation``
+* fresh (the default stage 2): ``clsloc.training.engine.train_one_epoch`` with that
+  forward over a DataLoader of ``clsloc.training.data.AugmentedDataset`` on the shared photos —
+  decoded images in memory, the default augmentation (``clsloc.training.fit.augmentation``
   plus colour), Preprocessing, loss, update/weight ratio bookkeeping; the next
-  batch is fetched during this one's backward pass (``training.engine.Prefetcher``);
+  batch is fetched during this one's backward pass (``clsloc.training.engine.Prefetcher``);
 * fresh, next batch fetched after the step: the same loop without prefetching;
-* cached (``--finetune-cache``): the same loop over ``training.fit.CachedViews``,
+* cached (``--finetune-cache``): the same loop over ``clsloc.training.fit.CachedViews``,
   the frozen bottom's output per cached view, so only the trained top runs.
   Building the cache (each view augmented and run through the bottom once) is
   timed apart, per image and view.
@@ -59,16 +59,16 @@ def main() -> int:
                         help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)")
     args = parser.parse_args()
 
-    from training.cpu import tune_cpu_allocator
+    from clsloc.training.cpu import tune_cpu_allocator
 
     allocator = tune_cpu_allocator()
     import torch
 
     torch.set_num_threads(args.threads)
-    from training.config import TrainConfig
-    from training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
-    from training.engine import compute_loss, set_backbone_trainable, train_one_epoch
-    from training.fit import (CachedViews, FeatureCache, ThroughFrozen, Top, _freeze_batchnorm, augmentation,
+    from clsloc.training.config import TrainConfig
+    from clsloc.training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
+    from clsloc.training.engine import compute_loss, set_backbone_trainable, train_one_epoch
+    from clsloc.training.fit import (CachedViews, FeatureCache, ThroughFrozen, Top, _freeze_batchnorm, augmentation,
                               cached_finetune_start, make_optimizer, model_for, set_finetune_trainable)
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)

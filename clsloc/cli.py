@@ -14,11 +14,11 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("clsloc.data_cli", "check a dataset, or write a synthetic one"),
-    "train": ("training.train", "fine-tune a pretrained classifier with a box regression head"),
-    "tune": ("training.tune", "random search in log space over learning rate and regularization"),
-    "cv": ("training.cv", "k-fold cross-validation of the training recipe"),
-    "export": ("training.export", "export a training run to ONNX + manifest, parity-checked"),
-    "serve": ("serving.cli", "serve a model over HTTP (BentoML + onnxruntime)"),
+    "train": ("clsloc.training.train", "fine-tune a pretrained classifier with a box regression head"),
+    "tune": ("clsloc.training.tune", "random search in log space over learning rate and regularization"),
+    "cv": ("clsloc.training.cv", "k-fold cross-validation of the training recipe"),
+    "export": ("clsloc.training.export", "export a training run to ONNX + manifest, parity-checked"),
+    "serve": ("clsloc.serving.cli", "serve a model over HTTP (BentoML + onnxruntime)"),
 }
 
 

@@ -2,9 +2,9 @@
 
 An exported model is a directory holding ``model.onnx`` and ``manifest.json``
 (or the same two files in a BentoML model). The manifest is written once, at
-export, by ``training.export`` and read by everything that runs the model.
+export, by ``clsloc.training.export`` and read by everything that runs the model.
 
-Graph contract (checked by ``serving.engine`` against the ONNX file):
+Graph contract (checked by ``clsloc.serving.engine`` against the ONNX file):
   input  ``image``  float32 (N, 3, H, W), preprocessed as ``preprocessing`` says
   output ``logits`` float32 (N, C), C == len(classes)
   output ``boxes``  float32 (N, 4), ``box_format`` (normalized xyxy in [0, 1])

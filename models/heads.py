@@ -36,7 +36,7 @@ class BoxHead(nn.Module):
     """Regression head: feature map -> (N, K, 4) normalized xyxy boxes.
 
     K is 1 for a class-agnostic head, C for a per-class head (the row of the
-    predicted class is used at test time, see ``models.network.select_boxes``).
+    predicted class is used at test time, see ``clsloc.models.network.select_boxes``).
     """
 
     def __init__(

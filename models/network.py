@@ -7,9 +7,9 @@ from torch import nn
 
 from clsloc.boxes import mirror_boxes
 from clsloc.preprocess import Preprocessing
-from models.backbones import get_backbone, trunk_stages
-from models.frozen import fold_batchnorm, fold_constant_norms, rng_devices
-from models.heads import BoxHead, ClassificationHead
+from clsloc.models.backbones import get_backbone, trunk_stages
+from clsloc.models.frozen import fold_batchnorm, fold_constant_norms, rng_devices
+from clsloc.models.heads import BoxHead, ClassificationHead
 
 
 class ClsLocNet(nn.Module):
@@ -71,7 +71,7 @@ class ClsLocNet(nn.Module):
 
     def probe_input(self) -> torch.Tensor:
         """Two random images at the input size, on the model's device and in its memory format, for
-        the checks of ``models.frozen``. A local generator: training's random streams stay as they were."""
+        the checks of ``clsloc.models.frozen``. A local generator: training's random streams stay as they were."""
         param = next(self.backbone.parameters())
         probe = torch.randn(2, 3, *self.preprocessing.size, generator=torch.Generator().manual_seed(0))
         probe = probe.to(param.device)
@@ -80,12 +80,12 @@ class ClsLocNet(nn.Module):
         return probe
 
     def frozen_trunk(self) -> nn.Sequential:
-        """The trunk's stages as a BatchNorm-folded inference snapshot (``models.frozen``): what
+        """The trunk's stages as a BatchNorm-folded inference snapshot (``clsloc.models.frozen``): what
         training runs where the trunk, or its bottom (slice it), stays frozen."""
         return fold_batchnorm(trunk_stages(self.backbone), self.probe_input())
 
     def top_with_constant_norms_folded(self, start: int) -> nn.Sequential:
-        """Trunk stages ``start`` on as a training view (``models.frozen.fold_constant_norms``): the
+        """Trunk stages ``start`` on as a training view (``clsloc.models.frozen.fold_constant_norms``): the
         same convolutions, the norm layers that cannot change folded into them. Freeze first."""
         probe = self.probe_input()
         with torch.no_grad(), torch.random.fork_rng(devices=rng_devices(probe)):  # drop path, if any, draws nothing

@@ -14,7 +14,7 @@ returns it. So:
   core it was given, a second would only contend for them.
 
 BentoML's own adaptive batching serves /predict_batch; /predict is a lean
-route (see serving.webapp) that needs this small in-process batcher instead.
+route (see clsloc.serving.webapp) that needs this small in-process batcher instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from concurrent.futures import Future
 import numpy as np
 from PIL import Image
 
-from serving.engine import Engine, Prediction
+from clsloc.serving.engine import Engine, Prediction
 
 
 class MicroBatcher:

@@ -60,7 +60,7 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
             train += ["--image-size", str(recipe["image_size"])]
         _clsloc(*train)
         _clsloc("export", str(run), "--out", str(out), "--bentoml", name)
-    from serving import store
+    from clsloc.serving import store
 
     tag = store.latest_tag(name)
     if tag is None:
@@ -71,7 +71,7 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
 
 def resolve_model(ref: str, *, create_default: bool = True) -> str:
     """MODEL argument -> an absolute model directory or a pinned NAME:VERSION tag."""
-    from serving import store
+    from clsloc.serving import store
 
     if store.is_model_dir(ref):
         return str(Path(ref).resolve())
@@ -94,7 +94,7 @@ def resolve_model(ref: str, *, create_default: bool = True) -> str:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    from serving.store import ModelNotFound
+    from clsloc.serving.store import ModelNotFound
 
     try:
         model = resolve_model(args.model)
@@ -122,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
     import bentoml
 
-    import serving
+    import clsloc
 
-    working_dir = str(Path(serving.__file__).resolve().parent.parent)
-    bentoml.serve("serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True)
+    # The folder holding the `clsloc` package: the checkout, or site-packages when installed.
+    working_dir = str(Path(clsloc.__file__).resolve().parent.parent)
+    bentoml.serve("clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True)
     return 0

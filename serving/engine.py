@@ -26,7 +26,7 @@ import numpy as np
 from clsloc.boxes import to_api_box
 from clsloc.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, open_image
 from clsloc.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
-from serving.env import env_flag, env_int
+from clsloc.serving.env import env_flag, env_int
 
 log = logging.getLogger("clsloc.engine")
 

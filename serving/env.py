@@ -1,6 +1,6 @@
 """Reading ``CLSLOC_*`` environment variables: one parser per kind, errors that name the variable.
 
-``serving.settings`` (the service) and ``serving.engine`` (any program that
+``clsloc.serving.settings`` (the service) and ``clsloc.serving.engine`` (any program that
 runs a model, e.g. ``CLSLOC_REQUIRE_GPU`` in a GPU check script) both read
 their variables through these.
 """

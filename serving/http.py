@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from clsloc.images import ImageError
-from serving.settings import Settings
+from clsloc.serving.settings import Settings
 
 # ImageError.kind -> HTTP status
 STATUS = {
@@ -85,7 +85,7 @@ class ApiGuard:
         }
         self.protected = protected
         # BentoML's own parser raises (500) on some malformed multipart bodies: check those first.
-        # /predict is served by serving.webapp, which parses its body itself.
+        # /predict is served by clsloc.serving.webapp, which parses its body itself.
         self.prechecked = {"/predict_batch"}
 
     async def __call__(self, scope, receive, send):

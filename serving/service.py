@@ -2,7 +2,7 @@
 
 Routes: POST /predict, POST /predict_batch (adaptive batching), GET /model,
 GET / (web page), and BentoML's own /livez, /readyz, /metrics.
-Settings come from the environment (serving.settings); the model is pinned
+Settings come from the environment (clsloc.serving.settings); the model is pinned
 by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
 """
 
@@ -15,12 +15,12 @@ import anyio
 import bentoml
 
 from clsloc.images import ImageError
-from serving import store
-from serving.batcher import MicroBatcher
-from serving.engine import Engine
-from serving.http import ApiGuard, counters, image_error_item, image_error_response
-from serving.settings import Settings
-from serving.webapp import web_app
+from clsloc.serving import store
+from clsloc.serving.batcher import MicroBatcher
+from clsloc.serving.engine import Engine
+from clsloc.serving.http import ApiGuard, counters, image_error_item, image_error_response
+from clsloc.serving.settings import Settings
+from clsloc.serving.webapp import web_app
 
 # The engine logs which onnxruntime providers are really in use (CPU fallback is silent otherwise).
 logging.getLogger("clsloc").setLevel(logging.INFO)
@@ -72,7 +72,7 @@ class Clsloc:
     async def predict(self, image: bytes | Path):
         """One image -> label, score, box in pixels of the displayed image (a dict), or a 4xx JSON response.
 
-        Served at POST /predict by serving.webapp: a lean route (one multipart
+        Served at POST /predict by clsloc.serving.webapp: a lean route (one multipart
         parse, bytes in memory, no temporary file or pydantic models) keeps
         HTTP within a few milliseconds of calling the engine in-process.
         """

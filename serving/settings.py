@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from clsloc.images import DEFAULT_MAX_PIXELS
 
-from serving.engine import DEFAULT_MAX_BYTES
-from serving.env import env_flag, env_int
+from clsloc.serving.engine import DEFAULT_MAX_BYTES
+from clsloc.serving.env import env_flag, env_int
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Settings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_images: int = 64
-    max_batch: int = 8  # concurrent /predict requests merged into one onnxruntime run (serving.batcher)
+    max_batch: int = 8  # concurrent /predict requests merged into one onnxruntime run (clsloc.serving.batcher)
     api_key: str | None = None
     threads: int | None = None
     workers: int = 1

@@ -11,7 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving.http import UploadProblem, error_response, read_uploads
+from clsloc.serving.http import UploadProblem, error_response, read_uploads
 
 WEB_DIR = Path(__file__).parent / "web"
 

@@ -48,7 +48,7 @@ def read_config(run_dir: str | Path) -> dict:
 
 def model_from_config(config: dict):
     """Rebuild the network a run trained (random weights; load a state dict into it)."""
-    from models import build_model
+    from clsloc.models import build_model
 
     return build_model(
         config["backbone"],
@@ -75,7 +75,7 @@ def load_run(run_dir: str | Path, which: str = "best"):
 
 
 def write_split(run_dir: str | Path, train_records, val_records, config: dict) -> None:
-    from training.config import write_json
+    from clsloc.training.config import write_json
 
     write_json(
         Path(run_dir) / SPLIT_FILE,

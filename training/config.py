@@ -3,7 +3,7 @@
 ``clsloc train``, ``clsloc cv`` and ``clsloc tune`` share these flags; the
 resolved config (this dataclass plus what the run found out: classes,
 preprocessing, data fingerprint, final metrics) is written to
-``RUN_DIR/config.json`` and is what ``training.checkpoint.load_run`` rebuilds
+``RUN_DIR/config.json`` and is what ``clsloc.training.checkpoint.load_run`` rebuilds
 the model from.
 """
 

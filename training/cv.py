@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
+from clsloc.training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
 
 KEYS = ("accuracy", "mean_iou", "loc_accuracy")
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def fold_splits(config: TrainConfig, folds: int):
     """-> (list of Splits, classes): stratified folds over all the datasets' records."""
     from clsloc.datasets import kfold_splits
-    from training.data import Splits, check_classes, load_records
+    from clsloc.training.data import Splits, check_classes, load_records
 
     if folds < 2:
         raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
@@ -49,8 +49,8 @@ def fold_splits(config: TrainConfig, folds: int):
 
 def image_store(config: TrainConfig):
     """Decoded images at the input size ``config`` trains at, to share between folds (and variants)."""
-    from models import get_backbone
-    from training.data import ImageStore
+    from clsloc.models import get_backbone
+    from clsloc.training.data import ImageStore
 
     return ImageStore(get_backbone(config.backbone).preprocessing(config.image_size or None))
 
@@ -58,7 +58,7 @@ def image_store(config: TrainConfig):
 def cross_validate(config: TrainConfig, folds: int, *, out: str | Path | None = None, progress: bool = True,
                    log=print, splits=None, store=None, features=None) -> dict:
     """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}."""
-    from training.fit import FeatureCache, fit
+    from clsloc.training.fit import FeatureCache, fit
 
     if splits is None:
         splits, _ = fold_splits(config, folds)
@@ -98,9 +98,9 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from clsloc.datasets import DatasetError
-    from training.cpu import tune_cpu_allocator
-    from training.data import DataError
-    from training.train import setup_logging
+    from clsloc.training.cpu import tune_cpu_allocator
+    from clsloc.training.data import DataError
+    from clsloc.training.train import setup_logging
 
     setup_logging()
     tune_cpu_allocator()

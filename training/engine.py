@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from clsloc.boxes import denormalize_boxes, paired_iou
 from clsloc.metrics import evaluate_records
-from models import select_boxes
+from clsloc.models import select_boxes
 
 # -- loss ------------------------------------------------------------------------------
 

@@ -183,7 +183,7 @@ def _batches(preprocessing: Preprocessing, images: list[np.ndarray], size: int =
 def _session(path: Path):
     import onnxruntime as ort
 
-    from serving.engine import session_options
+    from clsloc.serving.engine import session_options
 
     # Parity is judged against the CPU provider wherever export runs: the reference kernels.
     return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
@@ -291,9 +291,9 @@ def export_run(
     log=print,
 ) -> Manifest:
     """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError."""
-    from training.checkpoint import load_run, load_split
+    from clsloc.training.checkpoint import load_run, load_split
 
-    from models import ExportWrapper
+    from clsloc.models import ExportWrapper
 
     run_dir, out = Path(run_dir), Path(out)
     model, config = load_run(run_dir, "best")

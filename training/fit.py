@@ -49,8 +49,8 @@ import torch
 from torch import nn
 
 from clsloc.datasets import fingerprint
-from training import distributed
-from training.checkpoint import (
+from clsloc.training import distributed
+from clsloc.training.checkpoint import (
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
@@ -58,9 +58,9 @@ from training.checkpoint import (
     save_checkpoint,
     write_split,
 )
-from training.config import TrainConfig, write_json
-from training.data import AugmentedDataset, FixedDataset, ImageStore, Splits, train_transform
-from training.engine import compute_features, evaluate, set_backbone_trainable, train_one_epoch
+from clsloc.training.config import TrainConfig, write_json
+from clsloc.training.data import AugmentedDataset, FixedDataset, ImageStore, Splits, train_transform
+from clsloc.training.engine import compute_features, evaluate, set_backbone_trainable, train_one_epoch
 
 RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2  # a decade either side of the lecture's ~1e-3
 # Images per forward pass where nothing trains (features, validation). Measured on the 2-core CPU, Lite0 at
@@ -166,7 +166,7 @@ class FitResult:
 class FeatureCache:
     """What the frozen network computes per (record, view, depth), shared by stages, folds and trials.
 
-    ``depth`` counts trunk stages (``models.backbones.trunk_stages``): None is
+    ``depth`` counts trunk stages (``clsloc.models.backbones.trunk_stages``): None is
     the whole trunk (stage 1's features, the heads' input); k is the output of
     the frozen bottom that stage 2 fine-tunes on top of. Both come from one
     pass over each view when asked together (``also``).
@@ -567,7 +567,7 @@ def fit(
         write_json(run_dir / METRICS_FILE, metrics)
         full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
         write_json(run_dir / CONFIG_FILE, full_config)
-        from training.plots import plot_history
+        from clsloc.training.plots import plot_history
 
         plot_history(state["history"], run_dir)
         if not (run_dir / "best.pt").exists():
@@ -588,7 +588,7 @@ def augmentation(config: TrainConfig):
 
 def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None = None, dropout: float | None = None):
     """The network ``config`` describes (training, the sanity check), before any training."""
-    from models import build_model
+    from clsloc.models import build_model
 
     return build_model(
         config.backbone, num_classes, attach=config.attach, per_class=config.per_class,

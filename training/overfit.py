@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from training.config import TrainConfig
-from training.data import Splits
+from clsloc.training.config import TrainConfig
+from clsloc.training.data import Splits
 
 TARGET_ACCURACY = 1.0
 TARGET_IOU = 0.9
@@ -44,7 +44,7 @@ def pick_subset(records, n: int):
 
 def overfit(config: TrainConfig, splits: Splits, n: int = 20, *, out=None, progress: bool = True,
             max_epochs: int = MAX_EPOCHS, verbose: bool = True) -> OverfitReport:
-    from training.fit import fit
+    from clsloc.training.fit import fit
 
     subset = pick_subset(splits.train, n)
     tiny = replace(

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training.config import TrainConfig
-from training.data import ImageStore, Splits
-from training.engine import box_loss, compute_loss, l2_penalty, set_backbone_trainable
+from clsloc.training.config import TrainConfig
+from clsloc.training.data import ImageStore, Splits
+from clsloc.training.engine import box_loss, compute_loss, l2_penalty, set_backbone_trainable
 
 CE_TOLERANCE = 0.25  # |CE - ln C| <= 25 % of ln C
 BOX_TOLERANCE = 3.0  # box term <= 3x the uninformed centred box's loss
@@ -42,7 +42,7 @@ class SanityReport:
 
 
 def sanity_check(config: TrainConfig, splits: Splits, *, verbose: bool = True, cranked_reg: float = CRANKED_REG) -> SanityReport:
-    from training.fit import FeatureCache, model_for, pick_device, seed_everything
+    from clsloc.training.fit import FeatureCache, model_for, pick_device, seed_everything
 
     device = pick_device(config.device)
     seed_everything(config.seed)

@@ -9,7 +9,7 @@
 
 The run directory receives config.json, split.json, metrics.jsonl (one line
 per epoch), metrics.json (final validation report), best.pt, last.pt and PNG
-curves. See ``training.fit`` for the recipe itself.
+curves. See ``clsloc.training.fit`` for the recipe itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args
+from clsloc.training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +40,9 @@ def setup_logging() -> None:
 def run(args: argparse.Namespace) -> int:
     from clsloc.datasets import DatasetError
     from clsloc.images import ImageError
-    from training import distributed
-    from training.cpu import tune_cpu_allocator
-    from training.data import DataError
+    from clsloc.training import distributed
+    from clsloc.training.cpu import tune_cpu_allocator
+    from clsloc.training.data import DataError
 
     setup_logging()
     tune_cpu_allocator()
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.checkpoint import load_split, read_config
-    from training.data import Splits, prepare_splits
-    from training.fit import fit
+    from clsloc.training.checkpoint import load_split, read_config
+    from clsloc.training.data import Splits, prepare_splits
+    from clsloc.training.fit import fit
 
     if args.resume:
         saved = read_config(args.resume)
@@ -76,11 +76,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"data: {len(splits.train)} training, {len(splits.val)} validation images, classes {splits.classes}"
           + (f"; {splits.skipped} image(s) skipped by the dataset check" if splits.skipped else ""), flush=True)
     if args.sanity:
-        from training.sanity import sanity_check
+        from clsloc.training.sanity import sanity_check
 
         return 0 if sanity_check(config, splits).passed else 1
     if args.overfit:
-        from training.overfit import overfit
+        from clsloc.training.overfit import overfit
 
         return 0 if overfit(config, splits, args.overfit, out=args.out, progress=not args.quiet).passed else 1
     if not args.out:
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _summary(result) -> int:
     from clsloc.metrics import format_table
-    from training import distributed
+    from clsloc.training import distributed
 
     if distributed.is_main():
         best = result.best

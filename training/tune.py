@@ -26,7 +26,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
+from clsloc.training.config import HelpFormatter, TrainConfig, add_train_arguments, config_from_args, write_json
 
 EXPLODE_FACTOR = 3.0
 EDGE_FRACTION = 0.1  # within 10 % of a range's log width from an end counts as "at the edge"
@@ -62,7 +62,7 @@ def search(config: TrainConfig, splits, *, stage: str, trials: int, epochs: int,
     """One random-search stage; -> one row per trial."""
     import optuna
 
-    from training.fit import fit
+    from clsloc.training.fit import fit
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -161,9 +161,9 @@ def plot_search(rows: list[dict], path: Path, monitor: str, best: dict | None) -
 
 def tune(config: TrainConfig, *, trials: int, fine_trials: int, coarse_epochs: int, fine_epochs: int,
          lr_range, reg_range, fine_window: float, out: str | Path, log=print) -> dict:
-    from models import get_backbone
-    from training.data import ImageStore, prepare_splits
-    from training.fit import FeatureCache
+    from clsloc.models import get_backbone
+    from clsloc.training.data import ImageStore, prepare_splits
+    from clsloc.training.fit import FeatureCache
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,9 +205,9 @@ def tune(config: TrainConfig, *, trials: int, fine_trials: int, coarse_epochs: i
 
 def run(args: argparse.Namespace) -> int:
     from clsloc.datasets import DatasetError
-    from training.cpu import tune_cpu_allocator
-    from training.data import DataError
-    from training.train import setup_logging
+    from clsloc.training.cpu import tune_cpu_allocator
+    from clsloc.training.data import DataError
+    from clsloc.training.train import setup_logging
 
     setup_logging()
     tune_cpu_allocator()

@@ -1,4 +1,4 @@
-"""The serving side never imports torch: every module of ``clsloc`` and ``serving`` imports with torch blocked.
+"""The serving side never imports torch: every module of ``clsloc`` and ``clsloc.serving`` imports with torch blocked.
 
 A fresh interpreter installs an import hook that refuses ``torch`` and
 ``torchvision`` (as if they were not installed) and records who asked; then it
@@ -33,7 +33,7 @@ PROBE = textwrap.dedent(
     sys.meta_path.insert(0, BlockTorch())
 
     modules, failures = [], {}
-    for package_name in ("clsloc", "serving"):
+    for package_name in ("clsloc", "clsloc.serving"):
         try:
             package = importlib.import_module(package_name)
         except Exception as exc:
@@ -63,7 +63,7 @@ def test_clsloc_and_serving_import_without_torch():
     # the walk really covered the core (and serving, whatever of it exists)
     for module in ("clsloc.boxes", "clsloc.images", "clsloc.datasets.voc", "clsloc.metrics", "clsloc.synth", "clsloc.data_cli"):
         assert module in report["modules"], report
-    assert "serving" in report["modules"], report["failures"]
+    assert "clsloc.serving" in report["modules"], report["failures"]
     assert report["failures"] == {}, json.dumps(report["failures"], indent=2)
     assert report["attempts"] == [], json.dumps(report["attempts"], indent=2)
     assert report["loaded"] == []

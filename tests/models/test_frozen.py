@@ -1,4 +1,4 @@
-"""models.frozen: the frozen trunk's BatchNorm-folded snapshot computes what the trunk computes."""
+"""clsloc.models.frozen: the frozen trunk's BatchNorm-folded snapshot computes what the trunk computes."""
 
 import logging
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from models import build_model
-from models.backbones import trunk_stages
-from models.frozen import fold_batchnorm
+from clsloc.models import build_model
+from clsloc.models.backbones import trunk_stages
+from clsloc.models.frozen import fold_batchnorm
 
 torch.set_num_threads(2)
 
@@ -78,7 +78,7 @@ def test_folding_checks_its_result_and_keeps_the_plain_copy_when_wrong(caplog):
 def test_constant_norms_fold_into_the_trained_convs_with_the_same_function_and_gradients():
     """Fine-tuning's view of Lite0's top: the norm layers that cannot change are folded into the
     convolutions, which stay the model's own; output and every gradient match the unfolded top."""
-    from training.engine import set_backbone_trainable
+    from clsloc.training.engine import set_backbone_trainable
 
     torch.manual_seed(0)  # the weights and input: the same test on every run, whatever ran before it
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
@@ -118,7 +118,7 @@ def test_constant_norms_fold_into_the_trained_convs_with_the_same_function_and_g
 
 
 def test_norm_layers_that_train_are_not_folded():
-    from training.engine import set_backbone_trainable
+    from clsloc.training.engine import set_backbone_trainable
 
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     set_backbone_trainable(model, True, 0.5, depthwise=False, norm=True)
@@ -128,7 +128,7 @@ def test_norm_layers_that_train_are_not_folded():
 
 
 def test_constant_norm_folding_checks_its_result_and_trains_unfolded_when_wrong(caplog):
-    from models.frozen import fold_constant_norms
+    from clsloc.models.frozen import fold_constant_norms
 
     module = NormAfterTheFact()
     randomize_batchnorm(module)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from clsloc.preprocess import LITE_MEAN, LITE_STD
-from models import BackboneError, ExportWrapper, build_model, select_boxes
-from models.backbones import lite_checkpoint_path, load_lite_imagenet, trunk_stages
+from clsloc.models import BackboneError, ExportWrapper, build_model, select_boxes
+from clsloc.models.backbones import lite_checkpoint_path, load_lite_imagenet, trunk_stages
 
 torch.set_num_threads(2)
 

@@ -67,7 +67,7 @@ def make_client(serving_env):
     """make_client(**CLSLOC_settings) -> TestClient over Clsloc.to_asgi() (lifespan run, always closed)."""
     from starlette.testclient import TestClient
 
-    from serving.service import Clsloc
+    from clsloc.serving.service import Clsloc
 
     with contextlib.ExitStack() as stack:
 

@@ -2,7 +2,7 @@
 
 It "sees" the saturated (coloured) pixels of an image: the label is the
 dominant colour of those pixels (classes red, green, blue) and the box is
-their bounding box. Exported through ``training.export.export_onnx`` like a
+their bounding box. Exported through ``clsloc.training.export.export_onnx`` like a
 real model, it lets serving tests check labels and boxes exactly instead of
 trusting random weights.
 """
@@ -56,7 +56,7 @@ def build_oracle():
 def write_oracle_model(out: Path, *, name: str = "oracle", version: str = "1") -> Path:
     from clsloc.manifest import Manifest
     from clsloc.preprocess import Preprocessing
-    from training.export import export_onnx
+    from clsloc.training.export import export_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     preprocessing = Preprocessing(size=INPUT_SIZE)

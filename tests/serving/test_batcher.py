@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import oracle
-from serving.batcher import MicroBatcher
-from serving.engine import Engine
+from clsloc.serving.batcher import MicroBatcher
+from clsloc.serving.engine import Engine
 
 CASES = [("red", (40, 30, 50, 40)), ("green", (5, 60, 100, 50)), ("blue", (100, 10, 55, 100))] * 4
 

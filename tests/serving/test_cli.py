@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from serving import cli, store
+from clsloc.serving import cli, store
 
 
 @pytest.fixture
 def stored_oracle(oracle_dir, tmp_path):
     """Two versions of the oracle model in the (temporary) BentoML store, returns (older, newer) tags."""
     from clsloc.manifest import Manifest
-    from training.export import store_in_bentoml
+    from clsloc.training.export import store_in_bentoml
 
     tags = []
     for version in ("1", "2"):
@@ -62,7 +62,7 @@ def test_default_model_is_made_on_synthetic_data_when_the_store_has_none(monkeyp
     assert tag.startswith("clsloc-default-test:")
     out = capfd.readouterr().out
     assert "$ clsloc data synth" in out and "$ clsloc train" in out and "$ clsloc export" in out
-    from serving.engine import Engine
+    from clsloc.serving.engine import Engine
 
     engine = Engine(store.store_path(tag), threads=1)
     assert len(engine.classes) == 2 and engine.manifest.parity["passed"]

@@ -10,7 +10,7 @@ import pytest
 
 import oracle
 from clsloc.images import ImageError
-from serving.engine import CUDA, Engine, EngineError
+from clsloc.serving.engine import CUDA, Engine, EngineError
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(tiny_run, tmp_path_factory):
-    from training.export import export_run
+    from clsloc.training.export import export_run
 
     out = tmp_path_factory.mktemp("exported") / "model"
     manifest = export_run(tiny_run, out, log=lambda *_: None)
@@ -87,7 +87,7 @@ def test_static_same_padding_computes_what_timm_computes(size):
     from timm.layers import Conv2dSame
     from torch import nn
 
-    from training.export import static_same_padding
+    from clsloc.training.export import static_same_padding
 
     torch.manual_seed(0)
     net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU(), Conv2dSame(8, 8, 5, stride=2, groups=8)).eval()
@@ -102,9 +102,9 @@ def test_static_same_padding_computes_what_timm_computes(size):
 def test_exported_model_serves_any_batch_size_and_agrees_with_pytorch(exported, tiny_run):
     import torch
 
-    from models import ExportWrapper
-    from serving.engine import Engine
-    from training.checkpoint import load_run, load_split
+    from clsloc.models import ExportWrapper
+    from clsloc.serving.engine import Engine
+    from clsloc.training.checkpoint import load_run, load_split
 
     out, _ = exported
     engine = Engine(out, threads=1)
@@ -123,7 +123,7 @@ def test_exported_model_serves_any_batch_size_and_agrees_with_pytorch(exported, 
 
 
 def test_parity_failure_fails_the_export_with_the_numbers(tiny_run, tmp_path, monkeypatch):
-    from training import export
+    from clsloc.training import export
 
     monkeypatch.setattr(export, "MAX_LOGIT_DIFF", -1.0)  # no real export can meet this
     with pytest.raises(export.ExportError, match=r"parity failed .*max \|logit diff\| \d.*min box IoU \d"):
@@ -132,7 +132,7 @@ def test_parity_failure_fails_the_export_with_the_numbers(tiny_run, tmp_path, mo
 
 
 def test_int8_is_refused_with_both_numbers_when_it_loses_accuracy(tiny_run, tmp_path, monkeypatch):
-    from training import export
+    from clsloc.training import export
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", -1.0)  # any int8 model "loses" against this
     with pytest.raises(export.ExportError) as refused:
@@ -146,8 +146,8 @@ def test_int8_is_refused_with_both_numbers_when_it_loses_accuracy(tiny_run, tmp_
 def test_int8_is_kept_within_tolerance_and_is_really_quantized(tiny_run, tmp_path, monkeypatch):
     import onnx
 
-    from serving.engine import Engine
-    from training import export
+    from clsloc.serving.engine import Engine
+    from clsloc.training import export
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", 1.0)
     manifest = export.export_run(tiny_run, tmp_path / "m", int8=True, calibration_images=8, log=lambda *_: None)
@@ -161,9 +161,9 @@ def test_int8_is_kept_within_tolerance_and_is_really_quantized(tiny_run, tmp_pat
 def test_bentoml_option_stores_model_with_manifest_metadata(exported):
     import bentoml
 
-    from serving import store
-    from serving.engine import Engine
-    from training.export import store_in_bentoml
+    from clsloc.serving import store
+    from clsloc.serving.engine import Engine
+    from clsloc.training.export import store_in_bentoml
 
     out, manifest = exported
     tag = store_in_bentoml(out, "clsloc-export-test")
@@ -186,10 +186,10 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
     ONNX agrees with the PyTorch model averaged over the image and its mirror."""
     import torch
 
-    from models import ExportWrapper
-    from serving.engine import Engine
-    from training.checkpoint import load_run, load_split
-    from training.export import export_run
+    from clsloc.models import ExportWrapper
+    from clsloc.serving.engine import Engine
+    from clsloc.training.checkpoint import load_run, load_split
+    from clsloc.training.export import export_run
 
     assert clsloc("data", "synth", str(tmp_path / "synth"), "--images", "24", "--classes", "2").returncode == 0
     train = clsloc("train", str(tmp_path / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1",

@@ -11,7 +11,7 @@ import oracle
 
 @pytest.fixture
 def service(serving_env):
-    from serving.service import Clsloc
+    from clsloc.serving.service import Clsloc
 
     return Clsloc()  # BentoML's Service object builds an instance of the class
 
@@ -45,8 +45,8 @@ def test_predict_batch_method(service, tmp_path):
 
 
 def test_service_refuses_to_start_without_a_model(serving_env):
-    from serving.service import Clsloc
-    from serving.store import ModelNotFound
+    from clsloc.serving.service import Clsloc
+    from clsloc.serving.store import ModelNotFound
 
     serving_env.delenv("CLSLOC_MODEL")
     with pytest.raises(ModelNotFound, match="CLSLOC_MODEL"):
@@ -54,8 +54,8 @@ def test_service_refuses_to_start_without_a_model(serving_env):
 
 
 def test_service_refuses_an_unpinned_store_tag(serving_env):
-    from serving.service import Clsloc
-    from serving.store import ModelNotFound
+    from clsloc.serving.service import Clsloc
+    from clsloc.serving.store import ModelNotFound
 
     serving_env.setenv("CLSLOC_MODEL", "clsloc-default:latest")
     with pytest.raises(ModelNotFound, match="pinned to a version"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.settings import Settings
+from clsloc.serving.settings import Settings
 
 
 def test_defaults():
@@ -34,7 +34,7 @@ def test_bad_values_name_the_variable(name, value, message):
 def test_engine_reads_its_variables_with_the_same_parsers(monkeypatch):
     """CLSLOC_REQUIRE_GPU and CLSLOC_THREADS, read by the engine outside the service, accept and refuse the same
     values as the service settings (``on`` used to mean off to the engine)."""
-    from serving.engine import default_threads, require_gpu_from_env
+    from clsloc.serving.engine import default_threads, require_gpu_from_env
 
     for value, expected in [("on", True), ("YES", True), ("1", True), ("off", False), ("", False)]:
         monkeypatch.setenv("CLSLOC_REQUIRE_GPU", value)

@@ -43,7 +43,7 @@ def synth3(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config():
     """-> make(datasets, **overrides): a TrainConfig for the tiny model."""
-    from training.config import TrainConfig
+    from clsloc.training.config import TrainConfig
 
     def make(datasets, **overrides):
         base = dict(

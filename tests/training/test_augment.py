@@ -30,7 +30,7 @@ def _object_box(rgb: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("zoom_out_p", [0.0, 1.0], ids=["crop-flip", "zoom-out"])
 @pytest.mark.parametrize("box", [(40, 30, 120, 90), (0, 0, 60, 140), (150, 100, 200, 150), (10, 20, 190, 130)])
 def test_augmented_box_stays_on_the_object(box, zoom_out_p):
-    from training.data import Sample, augment, train_transform
+    from clsloc.training.data import Sample, augment, train_transform
 
     width, height = 200, 150
     rgb = _scene(width, height, box)
@@ -60,7 +60,7 @@ def test_augmented_box_stays_on_the_object(box, zoom_out_p):
 def test_crop_never_cuts_the_target_box():
     from torchvision import tv_tensors
 
-    from training.data import RandomCropContaining
+    from clsloc.training.data import RandomCropContaining
 
     crop = RandomCropContaining(min_scale=0.2, p=1.0)
     image = tv_tensors.Image(torch.zeros(3, 300, 400, dtype=torch.uint8))
@@ -94,7 +94,7 @@ def _one_object_record(tmp_path):
 def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
     """The fixed (validation) view is exactly Preprocessing(decoded image), as serving computes it."""
     from clsloc.images import decode_image
-    from training.data import AugmentedDataset, FixedDataset, ImageStore
+    from clsloc.training.data import AugmentedDataset, FixedDataset, ImageStore
 
     record = _one_object_record(tmp_path)
     path = record.image
@@ -120,7 +120,7 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
 def test_augmented_cached_views_follow_the_crop_options(tmp_path):
     """--crop-p 0 means no crop in the cached stage-1 views either: only the flip moves the box."""
     from clsloc.boxes import mirror_boxes
-    from training.data import FixedDataset, ImageStore
+    from clsloc.training.data import FixedDataset, ImageStore
 
     record = _one_object_record(tmp_path)
     store = ImageStore(Preprocessing(size=(64, 64)))
@@ -136,8 +136,8 @@ def test_augmented_cached_views_follow_the_crop_options(tmp_path):
     assert len(cropped) >= 8  # every view crops (p=1) to 0.5-1x the side: the box moves unless nothing is cut
 
     # the feature cache keeps views of different crop settings apart
-    from models import build_model
-    from training.fit import FeatureCache
+    from clsloc.models import build_model
+    from clsloc.training.fit import FeatureCache
 
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     cache, device = FeatureCache(), torch.device("cpu")
@@ -171,7 +171,7 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
     with the same draws left for what comes after (the dropout of the step)."""
     from torchvision import tv_tensors
 
-    from training.data import AugmentedDataset, ImageStore, train_transform
+    from clsloc.training.data import AugmentedDataset, ImageStore, train_transform
 
     records = _records_of_scenes(tmp_path, 12)
     pre = Preprocessing(size=(64, 64))
@@ -223,7 +223,7 @@ def test_colour_jitter_on_arrays_is_torchvisions_bit_for_bit():
     jitter's steps, hue included, and factors well beyond the defaults."""
     from torchvision.transforms import v2
 
-    from training.data import colour_transform, jitter_colour
+    from clsloc.training.data import colour_transform, jitter_colour
 
     jitters = [colour_transform(), v2.ColorJitter(brightness=(0.0, 2.5), contrast=(0.0, 2.5), saturation=(0.0, 3.0),
                                                  hue=0.5)]
@@ -249,7 +249,7 @@ def test_geometric_steps_without_a_numpy_path_run_torchvisions_kernels():
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from training.data import RandomCropContaining, Sample, draw, warp
+    from clsloc.training.data import RandomCropContaining, Sample, draw, warp
 
     rgb = _photo_like(90, 120, 1)
     box = np.array([0.3, 0.2, 0.7, 0.8], dtype=np.float32)
@@ -275,9 +275,9 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path):
     after this batch's dropout, so an epoch ends with the same weights and RNG state, bit for bit."""
     import copy
 
-    from models import build_model
-    from training.data import AugmentedDataset, ImageStore, train_transform
-    from training.engine import train_one_epoch
+    from clsloc.models import build_model
+    from clsloc.training.data import AugmentedDataset, ImageStore, train_transform
+    from clsloc.training.engine import train_one_epoch
 
     records = _records_of_scenes(tmp_path, 12)
     store = ImageStore(Preprocessing(size=(64, 64)))

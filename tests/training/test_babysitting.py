@@ -16,8 +16,8 @@ def test_sanity_command_passes_and_reports_ln_c(tiny, synth3, cli, capsys):
 
 
 def test_sanity_numbers(synth3, tiny_config):
-    from training.data import prepare_splits
-    from training.sanity import sanity_check
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.sanity import sanity_check
 
     config = tiny_config([synth3])
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -30,8 +30,8 @@ def test_sanity_numbers(synth3, tiny_config):
 
 def test_sanity_fails_loudly_when_the_initial_loss_is_off(synth3, tiny_config, cli, tiny, capsys, monkeypatch):
     """A classifier that is confident before training (a badly initialized head) must fail the check."""
-    import models
-    from models import network
+    import clsloc.models as models
+    from clsloc.models import network
 
     real_build = network.build_model
 
@@ -54,8 +54,8 @@ def test_overfit_command_memorizes_20_examples(tiny, synth, cli, capsys):
 
 
 def test_overfit_says_clearly_when_it_cannot(synth, tiny_config):
-    from training.data import prepare_splits
-    from training.overfit import overfit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.overfit import overfit
 
     config = tiny_config([synth], lr=1e-7)  # far too low a learning rate to get anywhere
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)

@@ -51,10 +51,10 @@ def test_tune_coarse_then_fine_writes_table_and_plot(tiny, synth, cli, tmp_path,
 
 
 def test_tune_stops_a_trial_whose_loss_explodes(synth, tiny_config):
-    from training.data import ImageStore, prepare_splits
-    from training.fit import FeatureCache
-    from training.tune import search
-    from models import get_backbone
+    from clsloc.training.data import ImageStore, prepare_splits
+    from clsloc.training.fit import FeatureCache
+    from clsloc.training.tune import search
+    from clsloc.models import get_backbone
 
     config = tiny_config([synth], optimizer="sgd", momentum=0.9)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -67,6 +67,6 @@ def test_tune_stops_a_trial_whose_loss_explodes(synth, tiny_config):
 
 @pytest.mark.parametrize("value,expected", [(1.1e-5, "low"), (1e-3, None), (0.09, "high"), (5e-5, None)])
 def test_edge_of_range(value, expected):
-    from training.tune import at_edge
+    from clsloc.training.tune import at_edge
 
     assert at_edge(value, 1e-5, 1e-1) == expected

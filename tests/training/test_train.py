@@ -37,7 +37,7 @@ def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsy
     # checkpoints load with weights_only=True; load_run/load_split give back the model and the split
     for name in ("best.pt", "last.pt"):
         torch.load(run / name, map_location="cpu", weights_only=True)
-    from training.checkpoint import load_run, load_split
+    from clsloc.training.checkpoint import load_run, load_split
 
     model, cfg = load_run(run)
     assert not model.training and cfg["classes"] == ["circle", "square"]
@@ -50,7 +50,7 @@ def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsy
     from clsloc.images import decode_image
     from clsloc.metrics import evaluate_records
     from clsloc.boxes import denormalize_boxes
-    from models import select_boxes
+    from clsloc.models import select_boxes
 
     x = torch.from_numpy(model.preprocessing.batch([decode_image(r.image) for r in val]))
     with torch.no_grad():
@@ -68,7 +68,7 @@ class Killed(Exception):
 
 
 def _resume_config(synth):
-    from training.config import TrainConfig
+    from clsloc.training.config import TrainConfig
 
     return TrainConfig(datasets=[str(synth)], backbone="resnet18", pretrained=False, image_size=64, epochs=3,
                        finetune_epochs=2, batch_size=8, patience=0, threads=1)
@@ -77,8 +77,8 @@ def _resume_config(synth):
 @pytest.fixture(scope="module")
 def unbroken(synth, tmp_path_factory):
     """One uninterrupted run, shared by the kill points."""
-    from training.data import prepare_splits
-    from training.fit import fit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.fit import fit
 
     config = _resume_config(synth)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -90,8 +90,8 @@ def unbroken(synth, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [(1, 2), (2, 2)], ids=["during-stage-1", "during-stage-2"])
 def test_resume_equals_an_unbroken_run(synth, unbroken, tmp_path, cli, kill_at):
-    from training.data import prepare_splits
-    from training.fit import fit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.fit import fit
 
     config = _resume_config(synth)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -126,8 +126,8 @@ def test_resume_with_cached_finetuning_equals_an_unbroken_run(synth, tmp_path, c
     """--finetune-cache: the views are rebuilt on resume and each epoch draws the same ones."""
     from dataclasses import replace
 
-    from training.data import prepare_splits
-    from training.fit import fit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.fit import fit
 
     config = replace(_resume_config(synth), finetune_cache=True, cache_views=3)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -154,7 +154,7 @@ def test_agnostic_and_per_class_heads(tiny, synth3, cli, tmp_path, per_class):
     run = tmp_path / "run"
     flags = ["--per-class"] if per_class else []
     assert cli("train", synth3, "--out", run, "--epochs", "2", "--finetune-epochs", "0", *flags, *tiny) == 0
-    from training.checkpoint import load_run
+    from clsloc.training.checkpoint import load_run
 
     model, config = load_run(run)
     assert config["head"]["per_class"] is per_class
@@ -165,7 +165,7 @@ def test_agnostic_and_per_class_heads(tiny, synth3, cli, tmp_path, per_class):
 
 
 def test_per_class_loss_trains_the_true_class_row():
-    from training.engine import compute_loss, target_boxes
+    from clsloc.training.engine import compute_loss, target_boxes
 
     boxes = torch.rand(4, 3, 4, requires_grad=True)
     labels = torch.tensor([0, 2, 1, 2])
@@ -179,7 +179,7 @@ def test_per_class_loss_trains_the_true_class_row():
 
 @pytest.mark.parametrize("kind", ["mse", "smooth_l1", "giou"])
 def test_box_losses_are_zero_at_the_target_and_grow_away_from_it(kind):
-    from training.engine import box_loss
+    from clsloc.training.engine import box_loss
 
     target = torch.tensor([[0.2, 0.3, 0.6, 0.9]])
     near = torch.tensor([[0.22, 0.3, 0.6, 0.88]])
@@ -229,7 +229,7 @@ def test_images_the_dataset_check_rejects_are_skipped_with_a_count(tiny, synth, 
 
 
 def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tmp_path):
-    from training.checkpoint import load_checkpoint, model_from_config, read_config
+    from clsloc.training.checkpoint import load_checkpoint, model_from_config, read_config
 
     common = [synth, *tiny, "--epochs", "2", "--patience", "0"]
     assert cli("train", *common, "--finetune-epochs", "0", "--out", tmp_path / "frozen") == 0
@@ -255,9 +255,9 @@ def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tm
 def test_finetuning_keeps_depthwise_filters_and_norm_affine_unless_asked():
     """Lite0's top: by default its dense convolutions train and its depthwise filters and BatchNorm
     scale/shift stay as pretrained (measured cheaper at no loss); the flags train them too."""
-    from models import build_model
-    from models.backbones import trunk_stages
-    from training.engine import set_backbone_trainable
+    from clsloc.models import build_model
+    from clsloc.models.backbones import trunk_stages
+    from clsloc.training.engine import set_backbone_trainable
 
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     depthwise = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
@@ -276,9 +276,9 @@ def test_finetuning_keeps_depthwise_filters_and_norm_affine_unless_asked():
 
 
 def test_frozen_stages_are_the_untrained_bottom():
-    from models import build_model
-    from models.backbones import trunk_stages
-    from training.engine import set_backbone_trainable
+    from clsloc.models import build_model
+    from clsloc.models.backbones import trunk_stages
+    from clsloc.training.engine import set_backbone_trainable
 
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     stages = trunk_stages(model.backbone)
@@ -294,8 +294,8 @@ def test_frozen_stages_are_the_untrained_bottom():
 def test_cached_finetuning_is_the_whole_network_computation(synth, tiny_config):
     """Stage 2 on the frozen bottom's cached output runs what the whole network would: without
     augmentation (one view) a cached and a fresh run agree epoch by epoch."""
-    from training.data import prepare_splits
-    from training.fit import fit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.fit import fit
 
     runs = []
     for cached in (True, False):
@@ -313,8 +313,8 @@ def test_cached_finetuning_is_the_whole_network_computation(synth, tiny_config):
 def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth, tiny_config):
     """Each stage-2 epoch validates with the frozen bottom's output computed once; the last epoch's
     numbers must be those of the final report, which runs the whole network on the images."""
-    from training.data import prepare_splits
-    from training.fit import fit
+    from clsloc.training.data import prepare_splits
+    from clsloc.training.fit import fit
 
     config = tiny_config([synth], epochs=1, finetune_epochs=2, tta=False, finetune_depth=0.5)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -327,7 +327,7 @@ def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth
 
 
 def test_cached_views_draw_one_view_per_image_each_epoch():
-    from training.fit import CachedViews
+    from clsloc.training.fit import CachedViews
 
     views = [torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
              for v in range(3)]
@@ -359,7 +359,7 @@ def test_bad_head_and_augmentation_options_are_named(tiny, synth, cli, tmp_path,
 
 
 def test_update_weight_ratio_warning_only_when_it_means_something():
-    from training.fit import ratio_warning
+    from clsloc.training.fit import ratio_warning
 
     assert "too low" in ratio_warning("backbone", 3e-5, epoch=3, lr_fraction=1.0)
     assert "too high" in ratio_warning("heads", 5e-2, epoch=3, lr_fraction=0.9)
@@ -371,7 +371,7 @@ def test_update_weight_ratio_warning_only_when_it_means_something():
 def test_a_config_written_before_the_finetune_options_resumes_as_it_began():
     """``--resume`` rebuilds the config from RUN_DIR/config.json: a run from before
     --finetune-depthwise/--finetune-norm existed trained both, and must go on doing so."""
-    from training.config import TrainConfig
+    from clsloc.training.config import TrainConfig
 
     old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("finetune_depthwise", "finetune_norm")}
     assert TrainConfig.from_dict(old).finetune_depthwise and TrainConfig.from_dict(old).finetune_norm
