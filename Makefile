@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test browser venv clean wheel bento
+.PHONY: serve test lint format browser venv clean wheel bento
 
 venv: $(STAMP)
 
@@ -28,6 +28,15 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# ruff, configured in pyproject.toml: the formatter's check and the linter (CI runs it).
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest

@@ -16,7 +16,6 @@ Images are decoded and frozen features computed once for every fold and variant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -25,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
 
 DATASETS = [str(ROOT / "../shared/datasets/raccoon"), str(ROOT / "../shared/datasets/kangaroo")]
 KEYS = ("accuracy", "mean_iou", "loc_accuracy")
@@ -60,10 +61,11 @@ def summarize(rows: list[dict]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["ours", "pooled", "meanbox"],
-                        choices=["ours", "pooled", "meanbox"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["ours", "pooled", "meanbox"], choices=["ours", "pooled", "meanbox"]
+    )
     parser.add_argument("--finetune-epochs", type=int, default=None, help="override the default (for quick looks)")
-    parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
+    add_json_flag(parser)
     args = parser.parse_args()
 
     from clsloc.training.cpu import tune_cpu_allocator
@@ -87,14 +89,17 @@ def main() -> int:
             results[variant] = mean_box_baseline(splits)
         else:
             cfg = replace(config, attach="pooled") if variant == "pooled" else config
-            results[variant] = cross_validate(cfg, args.folds, splits=splits, store=store, features=features,
-                                              progress=False)
+            results[variant] = cross_validate(
+                cfg, args.folds, splits=splits, store=store, features=features, progress=False
+            )
         seconds[variant] = time.perf_counter() - start
 
     n = sum(len(s.val) for s in splits)
-    print(f"\n{args.folds}-fold cross-validation on {n} photos ({', '.join(classes)}), "
-          f"default settings ({config.backbone} at {config.image_size or 'its own'} px, head on the map, "
-          f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'})")
+    print(
+        f"\n{args.folds}-fold cross-validation on {n} photos ({', '.join(classes)}), "
+        f"default settings ({config.backbone} at {config.image_size or 'its own'} px, head on the map, "
+        f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'})"
+    )
     header = f"{'variant':<10}" + "".join(f"{k:>22}" for k in KEYS) + f"{'time':>9}"
     print(header)
     for variant, r in results.items():
@@ -108,7 +113,7 @@ def main() -> int:
         ok = {k: results["ours"]["mean"][k] >= GOAL[k] for k in KEYS}
         print("goal (ours): " + "  ".join(f"{k} >= {GOAL[k]}: {'met' if v else 'NOT met'}" for k, v in ok.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "seconds": seconds}, indent=2))
+        save("accuracy", {"results": results, "seconds": seconds}, args)
     return 0
 
 

@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from clsloc.images import ImageError, decode_image
-from clsloc.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from clsloc.models.backbones import get_backbone, load_lite_imagenet
+from clsloc.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 WALLABY = 104
 
@@ -36,7 +35,9 @@ def top1_wallaby(model, images, preprocessing: Preprocessing) -> tuple[float, fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/datasets/kangaroo", help="folder whose images/ hold kangaroo photos")
+    parser.add_argument(
+        "--data", default="../shared/datasets/kangaroo", help="folder whose images/ hold kangaroo photos"
+    )
     parser.add_argument("--limit", type=int, default=80, help="how many photos (sorted by name)")
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -42,6 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
+
 PHOTOS = REPO.parent / "shared" / "datasets" / "raccoon" / "images"
 
 
@@ -95,12 +97,18 @@ def server(command: list[str], port: int, env: dict, log: Path):
     from clsloc_client import Client
 
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         with Client(url) as client:  # the SDK's readiness wait, also used by the tests
-            client.wait_ready(180, abort=lambda: f"server exited ({process.returncode}); log: {log}"
-                              if process.poll() is not None else None)
+            client.wait_ready(
+                180,
+                abort=lambda: (
+                    f"server exited ({process.returncode}); log: {log}" if process.poll() is not None else None
+                ),
+            )
         yield url, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -211,7 +219,9 @@ def in_process_throughput(engine, photos: list[bytes], seconds: float) -> dict:
     return {"single": single, "batched8": batched, "best": max(single, batched)}
 
 
-def alternating_windows(engine, url: str, photos: list[bytes], concurrency: int, seconds: float, rounds: int = 3) -> dict:
+def alternating_windows(
+    engine, url: str, photos: list[bytes], concurrency: int, seconds: float, rounds: int = 3
+) -> dict:
     """In-process throughput and HTTP throughput at ``concurrency`` in alternating windows; medians."""
     local, remote = [], []
     for _ in range(rounds):
@@ -248,8 +258,8 @@ def naive_app(run_dir: str):
 
     from clsloc.boxes import to_api_box
     from clsloc.images import decode_image
-    from clsloc.preprocess import Preprocessing
     from clsloc.models import ExportWrapper
+    from clsloc.preprocess import Preprocessing
     from clsloc.training.checkpoint import load_run
 
     model, config = load_run(run_dir)
@@ -264,7 +274,13 @@ def naive_app(run_dir: str):
         probs = torch.softmax(logits, 1)[0].numpy()
         k = int(np.argmax(probs))
         h, w = rgb.shape[:2]
-        return {"label": classes[k], "score": float(probs[k]), "box": to_api_box(boxes[0].numpy(), w, h), "width": w, "height": h}
+        return {
+            "label": classes[k],
+            "score": float(probs[k]),
+            "box": to_api_box(boxes[0].numpy(), w, h),
+            "width": w,
+            "height": h,
+        }
 
     async def predict(request):
         form = await request.form()
@@ -290,13 +306,15 @@ def table(rows: list[tuple]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="training run to benchmark (default: make a small one on synthetic data)")
-    parser.add_argument("--image-size", type=int, default=0, help="input size of the run made here (0: training's default)")
+    parser.add_argument(
+        "--image-size", type=int, default=0, help="input size of the run made here (0: training's default)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     parser.add_argument("--seconds", type=float, default=15, help="time per measurement")
     parser.add_argument("--requests", type=int, default=2000, help="most requests per HTTP measurement")
     parser.add_argument("--leak-requests", type=int, default=10_000, help="requests for the RSS growth check")
     parser.add_argument("--leak-seconds", type=float, default=600, help="time cap of the RSS growth check")
-    parser.add_argument("--json", help="also write the numbers to this file")
+    add_json_flag(parser)
     parser.add_argument("--naive-server", nargs=2, metavar=("RUN", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -305,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         torch.set_num_threads(args.threads)
-        uvicorn.run(naive_app(args.naive_server[0]), host="127.0.0.1", port=int(args.naive_server[1]), log_level="warning")
+        uvicorn.run(
+            naive_app(args.naive_server[0]), host="127.0.0.1", port=int(args.naive_server[1]), log_level="warning"
+        )
         return 0
 
     from clsloc.training.export import export_run
@@ -319,24 +339,50 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.run) if args.run else make_run(tmp, args.image_size)
         model_dir = tmp / "model"
         manifest = export_run(run, model_dir, log=lambda *_: None)
-        results["model"] = {"backbone": manifest.backbone, "input": list(manifest.preprocessing.size), "classes": len(manifest.classes)}
-        print(f"model: {manifest.backbone} at {manifest.preprocessing.size}, {len(photos)} photos from {results['source']}", flush=True)
+        results["model"] = {
+            "backbone": manifest.backbone,
+            "input": list(manifest.preprocessing.size),
+            "classes": len(manifest.classes),
+        }
+        print(
+            f"model: {manifest.backbone} at {manifest.preprocessing.size}, {len(photos)} photos from {results['source']}",
+            flush=True,
+        )
 
         from clsloc.serving.engine import Engine
 
         engine = Engine(model_dir, threads=args.threads)
         port = free_port()
-        serve = [sys.executable, "-m", "clsloc.cli", "serve", str(model_dir), "--port", str(port), "--threads", str(args.threads)]
+        serve = [
+            sys.executable,
+            "-m",
+            "clsloc.cli",
+            "serve",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--threads",
+            str(args.threads),
+        ]
         with server(serve, port, env, tmp / "serve.log") as (url, process):
             print("in-process vs HTTP, concurrency 1 (interleaved) ...", flush=True)
             results["paired_c1"] = paired = paired_latency(engine, url, photos, args.seconds)
             print("in-process vs HTTP, concurrency 8 (alternating windows) ...", flush=True)
             results["windows_c8"] = windows = alternating_windows(engine, url, photos, 8, 2 * args.seconds)
-            results["in_process"] = ours_local = {**windows["in_process"], "single_p50_ms": paired["in_process_p50_ms"],
-                                                  "providers": engine.providers}
+            results["in_process"] = ours_local = {
+                **windows["in_process"],
+                "single_p50_ms": paired["in_process_p50_ms"],
+                "providers": engine.providers,
+            }
             results["http"] = {
-                1: {"concurrency": 1, "throughput": paired["http_throughput"], "p50_ms": paired["http_p50_ms"],
-                    "p99_ms": paired["http_p99_ms"], "requests": paired["pairs"], "errors": 0},
+                1: {
+                    "concurrency": 1,
+                    "throughput": paired["http_throughput"],
+                    "p50_ms": paired["http_p50_ms"],
+                    "p99_ms": paired["http_p99_ms"],
+                    "requests": paired["pairs"],
+                    "errors": 0,
+                },
                 8: windows["http"],
             }
             print("HTTP /predict at concurrency 32 ...", flush=True)
@@ -345,12 +391,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"RSS check: up to {args.leak_requests} requests (cap {args.leak_seconds:.0f}s) ...", flush=True)
             leak = asyncio.run(_load(url, photos, 8, args.leak_requests, args.leak_seconds))
             rss_end = worker_rss_mb(process.pid)
-            results["rss"] = {"start_mb": rss_start, "end_mb": rss_end, "requests": leak["requests"], "errors": leak["errors"],
-                              "growth": (rss_end - rss_start) / rss_start}
+            results["rss"] = {
+                "start_mb": rss_start,
+                "end_mb": rss_end,
+                "requests": leak["requests"],
+                "errors": leak["errors"],
+                "growth": (rss_end - rss_start) / rss_start,
+            }
         del engine
 
         port = free_port()
-        naive = [sys.executable, str(Path(__file__).resolve()), "--naive-server", str(run), str(port), "--threads", str(args.threads)]
+        naive = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--naive-server",
+            str(run),
+            str(port),
+            "--threads",
+            str(args.threads),
+        ]
         with server(naive, port, env, tmp / "naive.log") as (url, _):
             results["naive"] = {}
             for c in (1, 8, 32):
@@ -360,28 +419,73 @@ def main(argv: list[str] | None = None) -> int:
     http, naive, rss = results["http"], results["naive"], results["rss"]
     rows = [("measure", "ours", "baseline", "ratio", "goal", "met")]
     rows.append(("in-process single latency p50 (ms)", f"{ours_local['single_p50_ms']:.1f}", "", "", "", ""))
-    rows.append(("in-process img/s 1-by-1 / batch 8", f"{ours_local['single']:.1f} / {ours_local['batched8']:.1f}",
-                 "", "", "", ""))
+    rows.append(
+        (
+            "in-process img/s 1-by-1 / batch 8",
+            f"{ours_local['single']:.1f} / {ours_local['batched8']:.1f}",
+            "",
+            "",
+            "",
+            "",
+        )
+    )
     for c in (1, 8, 32):
         h, n = http[c], naive[c]
-        rows.append((f"HTTP c={c} img/s (ours vs naive torch)", f"{h['throughput']:.1f}", f"{n['throughput']:.1f}",
-                     f"{h['throughput'] / n['throughput']:.2f}x", ">= 3x" if c == 8 else "", ("yes" if h["throughput"] >= 3 * n["throughput"] else "NO") if c == 8 else ""))
-        rows.append((f"HTTP c={c} p50 / p99 (ms)", f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f}", f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f}", "", "", ""))
+        rows.append(
+            (
+                f"HTTP c={c} img/s (ours vs naive torch)",
+                f"{h['throughput']:.1f}",
+                f"{n['throughput']:.1f}",
+                f"{h['throughput'] / n['throughput']:.2f}x",
+                ">= 3x" if c == 8 else "",
+                ("yes" if h["throughput"] >= 3 * n["throughput"] else "NO") if c == 8 else "",
+            )
+        )
+        rows.append(
+            (
+                f"HTTP c={c} p50 / p99 (ms)",
+                f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f}",
+                f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f}",
+                "",
+                "",
+                "",
+            )
+        )
     ratio8 = http[8]["throughput"] / ours_local["throughput"]
-    rows.append(("HTTP c=8 vs in-process img/s (alternating)", f"{http[8]['throughput']:.1f}", f"{ours_local['throughput']:.1f}",
-                 f"{ratio8:.2f}x", ">= 0.75x", "yes" if ratio8 >= 0.75 else "NO"))
+    rows.append(
+        (
+            "HTTP c=8 vs in-process img/s (alternating)",
+            f"{http[8]['throughput']:.1f}",
+            f"{ours_local['throughput']:.1f}",
+            f"{ratio8:.2f}x",
+            ">= 0.75x",
+            "yes" if ratio8 >= 0.75 else "NO",
+        )
+    )
     extra = http[1]["p50_ms"] - ours_local["single_p50_ms"]  # measured interleaved, same photos
-    rows.append(("HTTP c=1 p50 - in-process p50 (ms)", f"{extra:+.1f}", "", "", "<= +5 ms", "yes" if extra <= 5 else "NO"))
+    rows.append(
+        ("HTTP c=1 p50 - in-process p50 (ms)", f"{extra:+.1f}", "", "", "<= +5 ms", "yes" if extra <= 5 else "NO")
+    )
     rows.append(("worker RSS (MB)", f"{rss['end_mb']:.0f}", "", "", "<= 600", "yes" if rss["end_mb"] <= 600 else "NO"))
-    rows.append((f"RSS growth over {rss['requests']} requests", f"{100 * rss['growth']:+.1f}%", "", "", "<= 10%",
-                 "yes" if rss["growth"] <= 0.10 else "NO"))
+    rows.append(
+        (
+            f"RSS growth over {rss['requests']} requests",
+            f"{100 * rss['growth']:+.1f}%",
+            "",
+            "",
+            "<= 10%",
+            "yes" if rss["growth"] <= 0.10 else "NO",
+        )
+    )
     errors = sum(v["errors"] for v in http.values()) + rss["errors"]
     print()
     print(table(rows))
-    print(f"\nproviders: {ours_local['providers']}; HTTP errors: {errors}; threads: {args.threads}; "
-          f"model {results['model']}")
+    print(
+        f"\nproviders: {ours_local['providers']}; HTTP errors: {errors}; threads: {args.threads}; "
+        f"model {results['model']}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        save("serving", results, args)
     return 0
 
 

@@ -55,8 +55,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)",
+    )
     args = parser.parse_args()
 
     from clsloc.training.cpu import tune_cpu_allocator
@@ -68,8 +72,18 @@ def main() -> int:
     from clsloc.training.config import TrainConfig
     from clsloc.training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
     from clsloc.training.engine import compute_loss, set_backbone_trainable, train_one_epoch
-    from clsloc.training.fit import (CachedViews, FeatureCache, ThroughFrozen, Top, _freeze_batchnorm, augmentation,
-                              cached_finetune_start, make_optimizer, model_for, set_finetune_trainable)
+    from clsloc.training.fit import (
+        CachedViews,
+        FeatureCache,
+        ThroughFrozen,
+        Top,
+        _freeze_batchnorm,
+        augmentation,
+        cached_finetune_start,
+        make_optimizer,
+        model_for,
+        set_finetune_trainable,
+    )
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -121,8 +135,12 @@ def main() -> int:
 
     t = time.perf_counter()
     cache = FeatureCache()
-    views = CachedViews([cache.dataset(model, records, store, class_index, device, view=v, depth=start, progress=False)
-                         for v in range(config.cache_views)])
+    views = CachedViews(
+        [
+            cache.dataset(model, records, store, class_index, device, view=v, depth=start, progress=False)
+            for v in range(config.cache_views)
+        ]
+    )
     cache_ms = 1000 * (time.perf_counter() - t) / (len(records) * config.cache_views)
     model.train()
     model.backbone.apply(_freeze_batchnorm)
@@ -135,8 +153,16 @@ def main() -> int:
         if isinstance(data, CachedViews):
             data.draw(torch.Generator().manual_seed(len(bares)))
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
-        stats = train_one_epoch(forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
-                                device=device, progress=False, prefetch=prefetch)
+        stats = train_one_epoch(
+            forward,
+            loader,
+            optimizer,
+            box_kind=config.box_loss,
+            box_weight=config.box_weight,
+            device=device,
+            progress=False,
+            prefetch=prefetch,
+        )
         return stats.n / stats.seconds
 
     x = torch.randn(args.batch_size, 3, h, w).contiguous(memory_format=torch.channels_last)
@@ -173,34 +199,48 @@ def main() -> int:
     bare_ips, unfolded_ips, fresh_ips, cached_ips = max(bares), max(unfolded), max(fresh), max(cached)
     # Each round's loops against the median of the same round's bare loops: a maximum over rounds
     # compares numbers from different minutes of a machine whose speed drifts by 30%.
-    per_round = [statistics.median(bares[3 * r:3 * r + 3]) for r in range(args.rounds)]
+    per_round = [statistics.median(bares[3 * r : 3 * r + 3]) for r in range(args.rounds)]
     fresh_ratio = statistics.median(f / b for f, b in zip(fresh, per_round))
     cached_ratio = statistics.median(c / b for c, b in zip(cached, per_round))
     fold_ratio = statistics.median(b / u for b, u in zip(bares, unfolded))
     dense_ratio = statistics.median(b / e for b, e in zip(bares, everything))
-    print(f"backbone {args.backbone} (top {config.finetune_depth:g} trained, as the default stage 2; the cache holds "
-          f"trunk stage {start}'s output), batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds, "
-          f"{args.threads} threads, glibc allocator tuned: {allocator}; decoding {len(records)} photos once: {decode_s:.1f}s")
+    print(
+        f"backbone {args.backbone} (top {config.finetune_depth:g} trained, as the default stage 2; the cache holds "
+        f"trunk stage {start}'s output), batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds, "
+        f"{args.threads} threads, glibc allocator tuned: {allocator}; decoding {len(records)} photos once: {decode_s:.1f}s"
+    )
     print(f"{'loop':<44} {'images/s':>9}   rounds")
-    print(f"{'bare (in-memory tensors, as stage 2 runs)':<44} {bare_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in bares))
-    print(f"{'bare, unfolded (whole network as one module)':<44} {unfolded_ips:>9.1f}   "
-          + " ".join(f"{v:.1f}" for v in unfolded))
-    print(f"{'bare, depthwise and norm trained too':<44} {max(everything):>9.1f}   "
-          + " ".join(f"{v:.1f}" for v in everything))
+    print(
+        f"{'bare (in-memory tensors, as stage 2 runs)':<44} {bare_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in bares)
+    )
+    print(
+        f"{'bare, unfolded (whole network as one module)':<44} {unfolded_ips:>9.1f}   "
+        + " ".join(f"{v:.1f}" for v in unfolded)
+    )
+    print(
+        f"{'bare, depthwise and norm trained too':<44} {max(everything):>9.1f}   "
+        + " ".join(f"{v:.1f}" for v in everything)
+    )
     print(f"{'fresh (default: augmenting DataLoader)':<44} {fresh_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in fresh))
-    print(f"{'fresh, next batch fetched after the step':<44} {max(serial):>9.1f}   "
-          + " ".join(f"{v:.1f}" for v in serial))
+    print(
+        f"{'fresh, next batch fetched after the step':<44} {max(serial):>9.1f}   "
+        + " ".join(f"{v:.1f}" for v in serial)
+    )
     print(f"{'cached (--finetune-cache: top only)':<44} {cached_ips:>9.1f}   " + " ".join(f"{v:.1f}" for v in cached))
     print(f"building the cache: {cache_ms:.1f} ms per image and view ({config.cache_views} views), once per run")
-    print(f"augmenting one image, one thread: draws {draw_ms:.2f} ms, pixel work {pixel_ms:.2f} ms "
-          f"(against a bare step of {1000 / statistics.median(bares):.1f} ms per image on {args.threads} threads)")
+    print(
+        f"augmenting one image, one thread: draws {draw_ms:.2f} ms, pixel work {pixel_ms:.2f} ms "
+        f"(against a bare step of {1000 / statistics.median(bares):.1f} ms per image on {args.threads} threads)"
+    )
     prefetch_ratio = statistics.median(f / s for f, s in zip(fresh, serial))
-    print(f"ratio fresh / bare: {fresh_ratio:.2f}x (goal >= 0.8x); cached / bare: {cached_ratio:.2f}x "
-          f"(medians over rounds, against each round's bare median); "
-          f"prefetching / not: {prefetch_ratio:.2f}x (median of {len(fresh)} pairs); "
-          f"folded (bottom snapshot, top view) / unfolded: {fold_ratio:.2f}x, "
-          f"depthwise and norm kept (and folded) / trained: {dense_ratio:.2f}x "
-          f"(medians of {len(bares)} back-to-back pairs)")
+    print(
+        f"ratio fresh / bare: {fresh_ratio:.2f}x (goal >= 0.8x); cached / bare: {cached_ratio:.2f}x "
+        f"(medians over rounds, against each round's bare median); "
+        f"prefetching / not: {prefetch_ratio:.2f}x (median of {len(fresh)} pairs); "
+        f"folded (bottom snapshot, top view) / unfolded: {fold_ratio:.2f}x, "
+        f"depthwise and norm kept (and folded) / trained: {dense_ratio:.2f}x "
+        f"(medians of {len(bares)} back-to-back pairs)"
+    )
     return 0
 
 

@@ -29,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset folder or annotation file")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    check.add_argument("--plot", metavar="PNG", help="also write a picture: sample images with their boxes, box sizes per class")
     check.add_argument(
-        "--policy", choices=POLICIES, default="largest",
+        "--plot", metavar="PNG", help="also write a picture: sample images with their boxes, box sizes per class"
+    )
+    check.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="largest",
         help="training target of multi-object images: largest box (default), first box, or skip the image",
     )
 

@@ -34,7 +34,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -45,7 +45,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 ERROR_KINDS = ("missing", "empty", "not_an_image", "truncated", "unsupported_format", "too_large", "too_many_pixels")
 
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
@@ -59,14 +59,27 @@ _TRANSPOSE = {
 }
 # ISO-BMFF brands of image formats Pillow (without plugins) cannot decode.
 _UNSUPPORTED_BRANDS = {
-    b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
-    b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
 }
 
 # Signatures of formats Pillow reads: a file that starts like one but will not open is damaged, not "not an image".
 _SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-    (b"RIFF", "WebP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"RIFF", "WebP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
 
 
@@ -143,7 +156,9 @@ def _unidentified(stream: BinaryIO, file: str | None) -> ImageError:
         return ImageError("unsupported_format", file, "JPEG XL images are not supported; convert to JPEG or PNG")
     for signature, fmt in _SIGNATURES:
         if head.startswith(signature) and (fmt != "WebP" or head[8:12] == b"WEBP"):
-            return ImageError("truncated", file, f"starts like a {fmt} file but its header cannot be read (truncated or corrupt)")
+            return ImageError(
+                "truncated", file, f"starts like a {fmt} file but its header cannot be read (truncated or corrupt)"
+            )
     return ImageError("not_an_image", file, "not a recognizable image file")
 
 
@@ -176,7 +191,9 @@ def _orientation(image: Image.Image, file: str | None) -> int:
         return value
     if value == 0:  # written by many cameras for "unknown"; means the same as 1
         return 1
-    warnings.warn(ImageWarning(file, "bad_exif", f"EXIF orientation {value!r} is not a valid value (1-8); ignored"), stacklevel=3)
+    warnings.warn(
+        ImageWarning(file, "bad_exif", f"EXIF orientation {value!r} is not a valid value (1-8); ignored"), stacklevel=3
+    )
     return 1
 
 
@@ -190,7 +207,9 @@ def _load_pixels(image: Image.Image, file: str | None) -> None:
         message = str(exc)
         if "decoder" in message and "not available" in message:
             raise ImageError("unsupported_format", file, f"{image.format} variant not supported ({message})") from None
-        raise ImageError("truncated", file, f"truncated or corrupt {image.format or 'image'} data ({message})") from None
+        raise ImageError(
+            "truncated", file, f"truncated or corrupt {image.format or 'image'} data ({message})"
+        ) from None
     except (SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ImageError("truncated", file, f"corrupt {image.format or 'image'} data ({exc})") from None
 
@@ -287,7 +306,9 @@ def image_size(source: ImageSource, *, name: str | None = None) -> tuple[int, in
         stream.close()
 
 
-def check_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def check_image(
+    source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
     """Make sure the image decodes (cheaply) and return its displayed ``(width, height)``.
 
     Used by dataset checks: the whole file is decoded, so truncated or

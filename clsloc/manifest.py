@@ -72,12 +72,14 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, *, source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict, *, source: str = "manifest") -> Manifest:
         if not isinstance(d, dict):
             raise ManifestError(f"{source}: expected a JSON object, got {type(d).__name__}")
         version = d.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ManifestError(f"{source}: format_version {version!r} is not supported (this clsloc reads {FORMAT_VERSION})")
+            raise ManifestError(
+                f"{source}: format_version {version!r} is not supported (this clsloc reads {FORMAT_VERSION})"
+            )
         missing = [k for k in ("name", "version", "classes", "preprocessing", "backbone") if k not in d]
         if missing:
             raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
@@ -101,10 +103,12 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "Manifest":
+    def load(cls, model_dir: str | Path) -> Manifest:
         path = Path(model_dir) / MANIFEST_FILE
         if not path.is_file():
-            raise ManifestError(f"{path}: no manifest (an exported model directory holds {MODEL_FILE} and {MANIFEST_FILE})")
+            raise ManifestError(
+                f"{path}: no manifest (an exported model directory holds {MODEL_FILE} and {MANIFEST_FILE})"
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -152,7 +152,9 @@ def plot_confusion(report: dict, path) -> None:
     ax.set_ylabel("true")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, f"{int(matrix[i, j])}", ha="center", va="center", color="white" if share[i, j] > 0.5 else "black"
+            )
     acc = report.get("accuracy")
     ax.set_title(f"confusion (n={report['n']}, accuracy {_fmt(acc)})")
     fig.tight_layout()

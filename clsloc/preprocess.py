@@ -43,9 +43,7 @@ class Preprocessing:
         if self.resize != "stretch":
             raise ValueError(f"resize policy {self.resize!r} is not supported (known: 'stretch')")
         if self.interpolation not in _INTERPOLATION:
-            raise ValueError(
-                f"interpolation {self.interpolation!r} is not supported (known: {sorted(_INTERPOLATION)})"
-            )
+            raise ValueError(f"interpolation {self.interpolation!r} is not supported (known: {sorted(_INTERPOLATION)})")
         if self.layout != "NCHW":
             raise ValueError(f"layout {self.layout!r} is not supported (known: 'NCHW')")
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
@@ -54,7 +52,9 @@ class Preprocessing:
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (height, width) of positive ints, got {self.size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0 or float(self.scale) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std and scale > 0 (got mean={self.mean}, std={self.std}, scale={self.scale})")
+            raise ValueError(
+                f"mean and std need 3 values each, std and scale > 0 (got mean={self.mean}, std={self.std}, scale={self.scale})"
+            )
 
     # -- the two steps -------------------------------------------------------
     def resize_image(self, rgb: np.ndarray | Image.Image) -> np.ndarray:
@@ -106,7 +106,7 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         known = {"size", "resize", "interpolation", "mean", "std", "scale", "layout"}
         unknown = set(d) - known
         if unknown:

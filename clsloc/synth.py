@@ -70,8 +70,20 @@ POLYGONS = {
     "square": [(0, 0), (1, 0), (1, 1), (0, 1)],
     "triangle": [(0.5, 0), (1, 1), (0, 1)],
     "star": _star(),
-    "cross": [(0.35, 0), (0.65, 0), (0.65, 0.35), (1, 0.35), (1, 0.65), (0.65, 0.65),
-              (0.65, 1), (0.35, 1), (0.35, 0.65), (0, 0.65), (0, 0.35), (0.35, 0.35)],
+    "cross": [
+        (0.35, 0),
+        (0.65, 0),
+        (0.65, 0.35),
+        (1, 0.35),
+        (1, 0.65),
+        (0.65, 0.65),
+        (0.65, 1),
+        (0.35, 1),
+        (0.35, 0.65),
+        (0, 0.65),
+        (0, 0.35),
+        (0.35, 0.35),
+    ],
     "diamond": [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)],
     "hexagon": _regular(6, 0.0),
     "arrow": [(0, 0.3), (0.55, 0.3), (0.55, 0), (1, 0.5), (0.55, 1), (0.55, 0.7), (0, 0.7)],
@@ -134,8 +146,11 @@ def _background(w: int, h: int, rng: np.random.Generator) -> Image.Image:
         size = float(rng.uniform(0.03, 0.12)) * side
         if rng.random() < 0.6:
             angle = rng.uniform(0, 2 * math.pi)
-            draw.line((x, y, x + size * 2 * math.cos(angle), y + size * 2 * math.sin(angle)),
-                      fill=colour, width=int(rng.integers(1, 4)))
+            draw.line(
+                (x, y, x + size * 2 * math.cos(angle), y + size * 2 * math.sin(angle)),
+                fill=colour,
+                width=int(rng.integers(1, 4)),
+            )
         else:
             draw.ellipse((x, y, x + size, y + size * rng.uniform(0.5, 1.5)), fill=colour)
     return image

@@ -73,7 +73,9 @@ def load_lite_imagenet(variant: int, pretrained: bool = True) -> nn.Module:
         mapped = {}
         for (key, param), (src_key, value) in zip(target.items(), source.items()):
             if param.shape != value.shape:
-                raise BackboneError(f"lite{variant}: {src_key} {tuple(value.shape)} does not fit {key} {tuple(param.shape)}")
+                raise BackboneError(
+                    f"lite{variant}: {src_key} {tuple(value.shape)} does not fit {key} {tuple(param.shape)}"
+                )
             mapped[key] = value
         model.load_state_dict(mapped)
     return model
@@ -155,8 +157,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, LITE_MEAN, LITE_STD, _lite(0)),
     "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 240, LITE_MEAN, LITE_STD, _lite(1)),
     "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, LITE_MEAN, LITE_STD, _lite(2)),
-    "resnet18": BackboneSpec("resnet18", 224, IMAGENET_MEAN, IMAGENET_STD, _torchvision("resnet18", _resnet_trunk, 512)),
-    "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, _torchvision("resnet50", _resnet_trunk, 2048)),
+    "resnet18": BackboneSpec(
+        "resnet18", 224, IMAGENET_MEAN, IMAGENET_STD, _torchvision("resnet18", _resnet_trunk, 512)
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, _torchvision("resnet50", _resnet_trunk, 2048)
+    ),
     "mobilenet_v3_small": BackboneSpec(
         "mobilenet_v3_small", 224, IMAGENET_MEAN, IMAGENET_STD, _torchvision("mobilenet_v3_small", _features_trunk, 576)
     ),

@@ -58,8 +58,13 @@ def _fold_in_place(module: nn.Module, fuse=fuse_conv_bn_eval, foldable=lambda bn
         names = list(parent._modules)
         for conv_name, bn_name in zip(names, names[1:]):
             conv, bn = parent._modules[conv_name], parent._modules[bn_name]
-            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-                    and bn.num_features == conv.out_channels and foldable(bn)):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats
+                and bn.num_features == conv.out_channels
+                and foldable(bn)
+            ):
                 parent._modules[conv_name] = fuse(conv, bn)
                 parent._modules[bn_name] = _after_batchnorm(bn)
                 folded += 1
@@ -87,7 +92,9 @@ def fold_batchnorm(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequentia
         folded.to(memory_format=torch.channels_last)  # the folded weights are new tensors
     error = _relative_error(plain, folded, probe)
     if not error <= FOLD_TOLERANCE:
-        log.warning("BatchNorm folding changed the frozen trunk's output by %.1e (relative); running it unfolded", error)
+        log.warning(
+            "BatchNorm folding changed the frozen trunk's output by %.1e (relative); running it unfolded", error
+        )
         return plain
     return folded
 
@@ -164,7 +171,6 @@ def fold_constant_norms(stages: list[nn.Module], probe: torch.Tensor) -> nn.Sequ
         return plain
     error = _relative_error(plain, view, probe)
     if not error <= FOLD_TOLERANCE:
-        log.warning("folding the constant norm layers changed the output by %.1e (relative); training unfolded",
-                    error)
+        log.warning("folding the constant norm layers changed the output by %.1e (relative); training unfolded", error)
         return plain
     return view

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from clsloc.boxes import mirror_boxes
-from clsloc.preprocess import Preprocessing
 from clsloc.models.backbones import get_backbone, trunk_stages
 from clsloc.models.frozen import fold_batchnorm, fold_constant_norms, rng_devices
 from clsloc.models.heads import BoxHead, ClassificationHead
+from clsloc.preprocess import Preprocessing
 
 
 class ClsLocNet(nn.Module):
@@ -39,8 +39,9 @@ class ClsLocNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.cls_head = ClassificationHead(channels, num_classes, dropout)
-        self.box_head = BoxHead(channels, map_size, num_classes if per_class else 1, attach, dropout=dropout,
-                                bins=box_bins)
+        self.box_head = BoxHead(
+            channels, map_size, num_classes if per_class else 1, attach, dropout=dropout, bins=box_bins
+        )
         self.flip_tta = flip_tta
         self.num_classes = num_classes
         self.per_class = per_class

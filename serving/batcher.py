@@ -68,7 +68,7 @@ class MicroBatcher:
             self.batches_run += 1
             for (_, (height, width), done), p, box in zip(batch, probs, boxes):
                 done.set_result(self.engine.prediction(p, box, width, height))
-        except BaseException as exc:  # noqa: BLE001 - every request of the failed batch gets the error
+        except BaseException as exc:
             for _, _, done in batch:
                 if not done.done():
                     done.set_exception(exc)

@@ -26,17 +26,26 @@ DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8, "cache_views": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        metavar="MODEL",
         help=f"model directory or BentoML store tag NAME[:VERSION] (default {DEFAULT_MODEL}, made on first use)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=3000, help="port (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (default: CPUs / workers)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads per worker (default: CPUs / workers)"
+    )
     parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
     parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
-    parser.add_argument("--max-batch", type=int, default=0,
-                        help="most concurrent /predict requests merged into one onnxruntime run (default 8)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="most concurrent /predict requests merged into one onnxruntime run (default 8)",
+    )
 
 
 def _clsloc(*args: str) -> None:
@@ -54,8 +63,18 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
     with tempfile.TemporaryDirectory(prefix="clsloc-default-") as tmp:
         synth, run, out = Path(tmp, "synth"), Path(tmp, "run"), Path(tmp, "model")
         _clsloc("data", "synth", str(synth), "--images", str(recipe["images"]), "--classes", str(recipe["classes"]))
-        train = ["train", str(synth), "--out", str(run), "--epochs", str(recipe["epochs"]), "--finetune-epochs", "0",
-                 "--cache-views", str(recipe["cache_views"])]
+        train = [
+            "train",
+            str(synth),
+            "--out",
+            str(run),
+            "--epochs",
+            str(recipe["epochs"]),
+            "--finetune-epochs",
+            "0",
+            "--cache-views",
+            str(recipe["cache_views"]),
+        ]
         if recipe.get("image_size"):
             train += ["--image-size", str(recipe["image_size"])]
         _clsloc(*train)
@@ -117,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLSLOC_ACCESS_LOG"] = "0"
     if args.max_batch:
         os.environ["CLSLOC_MAX_BATCH"] = str(args.max_batch)
-    print(f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
-          f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)", flush=True)
+    print(
+        f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
+        f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)",
+        flush=True,
+    )
 
     import bentoml
 
@@ -126,5 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The folder holding the `clsloc` package: the checkout, or site-packages when installed.
     working_dir = str(Path(clsloc.__file__).resolve().parent.parent)
-    bentoml.serve("clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True)
+    bentoml.serve(
+        "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
+    )
     return 0

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -100,13 +100,11 @@ def create_session(model_path: str | Path, *, threads: int | None = None, requir
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed
             try:
                 ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001 - a failed preload only means CUDA may not load
+            except Exception as exc:
                 log.debug("onnxruntime.preload_dlls failed: %s", exc)
         wanted = [CUDA, CPU]
     elif require_gpu:
-        raise EngineError(
-            f"CLSLOC_REQUIRE_GPU is set but onnxruntime offers no CUDA provider (available: {available})"
-        )
+        raise EngineError(f"CLSLOC_REQUIRE_GPU is set but onnxruntime offers no CUDA provider (available: {available})")
     try:
         session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=wanted)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph classes
@@ -116,7 +114,10 @@ def create_session(model_path: str | Path, *, threads: int | None = None, requir
     fell_back = in_use[0] != wanted[0]
     (log.warning if fell_back else log.info)(
         "onnxruntime %s: providers in use %s (requested %s)%s",
-        ort.__version__, in_use, wanted, " -- CUDA did not load, running on CPU" if fell_back else "",
+        ort.__version__,
+        in_use,
+        wanted,
+        " -- CUDA did not load, running on CPU" if fell_back else "",
     )
     if require_gpu and CUDA not in in_use:
         raise EngineError(f"CLSLOC_REQUIRE_GPU is set but the CUDA provider did not load (in use: {in_use})")
@@ -218,7 +219,9 @@ class Engine:
         if not images:
             return []
         probs, boxes = self.run(self.preprocessing.batch(list(images)))
-        return [self.prediction(p, box, int(rgb.shape[1]), int(rgb.shape[0])) for rgb, p, box in zip(images, probs, boxes)]
+        return [
+            self.prediction(p, box, int(rgb.shape[1]), int(rgb.shape[0])) for rgb, p, box in zip(images, probs, boxes)
+        ]
 
     def prediction(self, probs: np.ndarray, box: np.ndarray, width: int, height: int) -> Prediction:
         """One row of ``run``'s output -> Prediction, box in pixels of the (width x height) image."""

@@ -29,6 +29,7 @@ STATUS = {
 }
 ERROR_HEADER = "x-clsloc-error"  # lets the guard count rejections by reason without parsing bodies
 
+
 @functools.cache
 def counters() -> SimpleNamespace:
     """The service's Prometheus counters, made on first use.
@@ -44,7 +45,8 @@ def counters() -> SimpleNamespace:
             "clsloc_predictions", "Predictions served, per predicted label", labelnames=["label"]
         ),
         rejected=prometheus_client.Counter(
-            "clsloc_rejected", "Rejected requests (and rejected images inside batches), per reason",
+            "clsloc_rejected",
+            "Rejected requests (and rejected images inside batches), per reason",
             labelnames=["reason"],
         ),
     )
@@ -114,7 +116,9 @@ class ApiGuard:
             supplied = headers.get("authorization", "")
             scheme, _, token = supplied.partition(" ")
             if not supplied:
-                return error_response(401, "unauthorized", "missing Authorization: Bearer header (CLSLOC_API_KEY is set)")
+                return error_response(
+                    401, "unauthorized", "missing Authorization: Bearer header (CLSLOC_API_KEY is set)"
+                )
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
                 return error_response(401, "unauthorized", "wrong API key in Authorization: Bearer header")
         if path in self.uploads and "content-length" in headers:
@@ -135,7 +139,9 @@ class ApiGuard:
                 return error_response(400, "invalid_request", "client disconnected"), receive
             body += message.get("body", b"")
             if len(body) > limit:  # chunked uploads have no Content-Length to refuse early
-                return error_response(413, "too_large", f"request body is more than the limit of {limit} bytes"), receive
+                return error_response(
+                    413, "too_large", f"request body is more than the limit of {limit} bytes"
+                ), receive
             if not message.get("more_body", False):
                 break
         replayed = False

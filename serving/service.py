@@ -52,7 +52,9 @@ class Clsloc:
         elif settings.model:
             model_dir = store.resolve(settings.model)
         else:
-            raise store.ModelNotFound("no model: set CLSLOC_MODEL to a model directory or NAME:VERSION (clsloc serve does)")
+            raise store.ModelNotFound(
+                "no model: set CLSLOC_MODEL to a model directory or NAME:VERSION (clsloc serve does)"
+            )
         self.engine = Engine(
             model_dir, threads=settings.threads, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels
         )

@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 
 from clsloc.images import DEFAULT_MAX_PIXELS
-
 from clsloc.serving.engine import DEFAULT_MAX_BYTES
 from clsloc.serving.env import env_flag, env_int
 
@@ -49,7 +48,7 @@ class Settings:
         return self.max_bytes * min(self.max_batch_images, 8) + 64 * 1024
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         return cls(
             model=env.get("CLSLOC_MODEL", "").strip(),

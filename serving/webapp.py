@@ -51,5 +51,5 @@ web_app = Starlette(
         Route("/predict", predict, methods=["POST"]),
         Route("/model", model_info, methods=["GET"]),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
-    ]
+    ],
 )

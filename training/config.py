@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except on/off switches: their name says what the default is."""
 
@@ -122,7 +123,9 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"option {name}={getattr(self, name)} must be > 0")
         if not 0.0 <= self.zoom_out_p <= 1.0 or self.zoom_out_max < 1.0:
-            raise ValueError(f"option zoom_out_p={self.zoom_out_p} must be in [0, 1], zoom_out_max={self.zoom_out_max} >= 1")
+            raise ValueError(
+                f"option zoom_out_p={self.zoom_out_p} must be in [0, 1], zoom_out_max={self.zoom_out_max} >= 1"
+            )
         if self.box_bins < 0 or self.box_bins == 1:
             raise ValueError(f"option box_bins={self.box_bins} must be 0 (sigmoid head) or >= 2")
         if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:
@@ -132,7 +135,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         # Runs written before these options trained everything in the top: resume them as they began.
         before = {"finetune_depthwise": True, "finetune_norm": True}
@@ -143,61 +146,127 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = Tru
     """The flags shared by train, cv and tune (defaults come from TrainConfig)."""
     d = TrainConfig()
     if datasets:
-        parser.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)")
+        parser.add_argument(
+            "datasets", nargs="+", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)"
+        )
     g = parser.add_argument_group("data")
-    g.add_argument("--val", nargs="+", default=[], metavar="DATASET", help="explicit validation datasets (default: hold out --val-split)")
+    g.add_argument(
+        "--val",
+        nargs="+",
+        default=[],
+        metavar="DATASET",
+        help="explicit validation datasets (default: hold out --val-split)",
+    )
     g.add_argument("--val-split", type=float, default=d.val_split, help="stratified hold-out fraction")
-    g.add_argument("--policy", default=d.policy, choices=["largest", "first", "skip"], help="training target in multi-object images")
+    g.add_argument(
+        "--policy",
+        default=d.policy,
+        choices=["largest", "first", "skip"],
+        help="training target in multi-object images",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
     g = parser.add_argument_group("model")
     g.add_argument("--backbone", default=d.backbone, help="efficientnet_lite0/1/2 or a torchvision classifier")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone weights (tests)")
     g.add_argument("--attach", default=d.attach, choices=["map", "pooled"], help="where the box head attaches")
-    g.add_argument("--per-class", action="store_true", help="one box per class (C x 4) instead of one class-agnostic box")
+    g.add_argument(
+        "--per-class", action="store_true", help="one box per class (C x 4) instead of one class-agnostic box"
+    )
     g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--image-size", type=int, default=d.image_size,
-                   help="input side in pixels, 0 = the backbone's own (224 for Lite0)")
-    g.add_argument("--box-bins", type=int, default=d.box_bins,
-                   help="0: sigmoid box head; N: each box corner is the expectation of a softmax over N positions")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=d.tta,
-                   help="predict on the image and its mirror and average both (the final report, export and "
-                        "serving; per-epoch validation runs the plain model, at half the cost); on by default")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="input side in pixels, 0 = the backbone's own (224 for Lite0)",
+    )
+    g.add_argument(
+        "--box-bins",
+        type=int,
+        default=d.box_bins,
+        help="0: sigmoid box head; N: each box corner is the expectation of a softmax over N positions",
+    )
+    g.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=d.tta,
+        help="predict on the image and its mirror and average both (the final report, export and "
+        "serving; per-epoch validation runs the plain model, at half the cost); on by default",
+    )
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs, help="stage 1 epochs: heads on the frozen backbone")
     g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate")
-    g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="stage 2 epochs: fine-tune the top --finetune-depth of the backbone with the heads, 0 = none")
+    g.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=d.finetune_epochs,
+        help="stage 2 epochs: fine-tune the top --finetune-depth of the backbone with the heads, 0 = none",
+    )
     g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate")
-    g.add_argument("--finetune-depth", type=float, default=d.finetune_depth,
-                   help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)")
-    g.add_argument("--finetune-depthwise", action="store_true",
-                   help="stage 2 also trains the depthwise convolutions' filters (default: kept as pretrained; "
-                        "on a CPU their gradient costs more than all their parameters are worth)")
-    g.add_argument("--finetune-norm", action="store_true",
-                   help="stage 2 also trains BatchNorm's scale and shift (default: kept as pretrained)")
+    g.add_argument(
+        "--finetune-depth",
+        type=float,
+        default=d.finetune_depth,
+        help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)",
+    )
+    g.add_argument(
+        "--finetune-depthwise",
+        action="store_true",
+        help="stage 2 also trains the depthwise convolutions' filters (default: kept as pretrained; "
+        "on a CPU their gradient costs more than all their parameters are worth)",
+    )
+    g.add_argument(
+        "--finetune-norm",
+        action="store_true",
+        help="stage 2 also trains BatchNorm's scale and shift (default: kept as pretrained)",
+    )
     g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--train-bn", dest="freeze_bn", action="store_false",
-                   help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)")
+    g.add_argument(
+        "--train-bn",
+        dest="freeze_bn",
+        action="store_false",
+        help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)",
+    )
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES, help="learning-rate decay within each stage")
+    g.add_argument(
+        "--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES, help="learning-rate decay within each stage"
+    )
     g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
     g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
-    g.add_argument("--crop-p", type=float, default=d.crop_p, help="probability of an object-keeping crop (stage 2 and the augmented cached views)")
+    g.add_argument(
+        "--crop-p",
+        type=float,
+        default=d.crop_p,
+        help="probability of an object-keeping crop (stage 2 and the augmented cached views)",
+    )
     g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
-    g.add_argument("--zoom-out-p", type=float, default=d.zoom_out_p,
-                   help="stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)")
+    g.add_argument(
+        "--zoom-out-p",
+        type=float,
+        default=d.zoom_out_p,
+        help="stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)",
+    )
     g.add_argument("--zoom-out-max", type=float, default=d.zoom_out_max, help="largest canvas side / image side")
-    g.add_argument("--cache-views", type=int, default=d.cache_views,
-                   help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "
-                        "copies); with --finetune-cache stage 2 draws one of them per image each epoch")
-    g.add_argument("--finetune-cache", action="store_true",
-                   help="stage 2 runs only the trained top on the frozen bottom's cached output, one of the "
-                        "--cache-views views per image each epoch, instead of the whole network on freshly "
-                        "augmented images (faster, measured less accurate)")
+    g.add_argument(
+        "--cache-views",
+        type=int,
+        default=d.cache_views,
+        help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "
+        "copies); with --finetune-cache stage 2 draws one of them per image each epoch",
+    )
+    g.add_argument(
+        "--finetune-cache",
+        action="store_true",
+        help="stage 2 runs only the trained top on the frozen bottom's cached output, one of the "
+        "--cache-views views per image each epoch, instead of the whole network on freshly "
+        "augmented images (faster, measured less accurate)",
+    )
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")
-    g.add_argument("--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt")
+    g.add_argument(
+        "--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt"
+    )
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")

@@ -44,7 +44,9 @@ def fold_splits(config: TrainConfig, folds: int):
         raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
     records, _, skipped = load_records(config.datasets, config.policy)
     classes = check_classes(records, [])
-    return [Splits(list(tr), list(va), classes, skipped) for tr, va in kfold_splits(records, k=folds, seed=config.seed)], classes
+    return [
+        Splits(list(tr), list(va), classes, skipped) for tr, va in kfold_splits(records, k=folds, seed=config.seed)
+    ], classes
 
 
 def image_store(config: TrainConfig):
@@ -55,8 +57,17 @@ def image_store(config: TrainConfig):
     return ImageStore(get_backbone(config.backbone).preprocessing(config.image_size or None))
 
 
-def cross_validate(config: TrainConfig, folds: int, *, out: str | Path | None = None, progress: bool = True,
-                   log=print, splits=None, store=None, features=None) -> dict:
+def cross_validate(
+    config: TrainConfig,
+    folds: int,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+    splits=None,
+    store=None,
+    features=None,
+) -> dict:
     """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}."""
     from clsloc.training.fit import FeatureCache, fit
 
@@ -68,10 +79,23 @@ def cross_validate(config: TrainConfig, folds: int, *, out: str | Path | None = 
     rows = []
     for i, split in enumerate(splits, 1):
         run = Path(out) / f"fold{i}" if out else None
-        result = fit(fold_config, split, run, store=store, features=features, progress=progress,
-                     log_epochs=False, select_best=False)
-        row = {"fold": i, "n_train": len(split.train), "n_val": len(split.val),
-               **{k: result.metrics[k] for k in KEYS}, "seconds": round(result.seconds, 1)}
+        result = fit(
+            fold_config,
+            split,
+            run,
+            store=store,
+            features=features,
+            progress=progress,
+            log_epochs=False,
+            select_best=False,
+        )
+        row = {
+            "fold": i,
+            "n_train": len(split.train),
+            "n_val": len(split.val),
+            **{k: result.metrics[k] for k in KEYS},
+            "seconds": round(result.seconds, 1),
+        }
         rows.append(row)
         log(f"fold {i}/{len(splits)}: " + "  ".join(f"{k} {row[k]:.3f}" for k in KEYS) + f"  ({row['seconds']:.0f}s)")
     summary = {

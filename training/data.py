@@ -80,12 +80,19 @@ def load_records(paths: list[str], policy: str, *, role: str = "training") -> tu
         kinds = Counter(p.kind for p in skipped)
         log.warning(
             "%s data: skipped %d image(s) the dataset check flagged (%s); %d other warning(s) about kept images",
-            role, len(skipped), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none",
+            role,
+            len(skipped),
+            ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none",
             len(problems) - len(skipped),
         )
         for problem in problems[:20]:
-            log.warning("  %s %s: %s (%s)", "skipped" if getattr(problem, "skipped", True) else "warning",
-                        problem.file, problem.kind, problem.detail)
+            log.warning(
+                "  %s %s: %s (%s)",
+                "skipped" if getattr(problem, "skipped", True) else "warning",
+                problem.file,
+                problem.kind,
+                problem.detail,
+            )
         if len(problems) > 20:
             log.warning("  ... and %d more (run 'clsloc data check' for the full list)", len(problems) - 20)
     if not dataset.records:
@@ -106,8 +113,7 @@ def check_classes(train: list[Record], val: list[Record]) -> list[str]:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(
-            "training and validation class sets differ: "
-            f"only in training {only_train}, only in validation {only_val}"
+            f"training and validation class sets differ: only in training {only_train}, only in validation {only_val}"
         )
     return train_classes
 
@@ -122,8 +128,10 @@ def prepare_splits(datasets: list[str], val: list[str], val_split: float, seed: 
         check_classes(records, [])  # one class only: say so before splitting
         train_records, val_records = stratified_split(records, val_fraction=val_split, seed=seed)
     if not val_records:
-        raise DataError(f"the validation split is empty ({len(records)} images, --val-split {val_split}): "
-                        "use more images, a larger --val-split, or an explicit --val")
+        raise DataError(
+            f"the validation split is empty ({len(records)} images, --val-split {val_split}): "
+            "use more images, a larger --val-split, or an explicit --val"
+        )
     classes = check_classes(train_records, val_records)
     return Splits(list(train_records), list(val_records), classes, skipped)
 
@@ -152,8 +160,12 @@ def pixel_pool(threads: int) -> ThreadPoolExecutor:
     """
     pid = os.getpid()
     if pid not in _pools:
-        _pools[pid] = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clsloc-pixels",
-                                         initializer=torch.set_num_threads, initargs=(1,))
+        _pools[pid] = ThreadPoolExecutor(
+            max_workers=max(1, threads),
+            thread_name_prefix="clsloc-pixels",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
     return _pools[pid]
 
 
@@ -241,8 +253,9 @@ class RandomCropContaining(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-def train_transform(crop_p: float = 0.5, crop_scale: float = 0.7, zoom_out_p: float = 0.0,
-                    zoom_out_max: float = 2.0) -> v2.Compose:
+def train_transform(
+    crop_p: float = 0.5, crop_scale: float = 0.7, zoom_out_p: float = 0.0, zoom_out_max: float = 2.0
+) -> v2.Compose:
     """The geometric part: crop that keeps the object, flip (boxes move with the pixels).
 
     The crop is mild on purpose: zooming in on the object makes boxes larger than
@@ -253,8 +266,9 @@ def train_transform(crop_p: float = 0.5, crop_scale: float = 0.7, zoom_out_p: fl
     steps = [RandomCropContaining(min_scale=crop_scale, p=crop_p), v2.RandomHorizontalFlip(p=0.5)]
     if zoom_out_p > 0:
         # Grey (127: about 0 after normalization) canvas around the image: smaller objects than the photos have.
-        steps.append(v2.RandomZoomOut(fill={tv_tensors.Image: 127, "others": 0}, side_range=(1.0, zoom_out_max),
-                                      p=zoom_out_p))
+        steps.append(
+            v2.RandomZoomOut(fill={tv_tensors.Image: 127, "others": 0}, side_range=(1.0, zoom_out_max), p=zoom_out_p)
+        )
     return v2.Compose(steps)
 
 
@@ -332,14 +346,14 @@ def warp(drawn: Draw) -> np.ndarray:
             continue
         if isinstance(transform, RandomCropContaining):  # F.crop inside the image: a slice
             top, left = params["top"], params["left"]
-            image = image[top:top + params["height"], left:left + params["width"]]
+            image = image[top : top + params["height"], left : left + params["width"]]
         elif isinstance(transform, v2.RandomHorizontalFlip):
             image = image[:, ::-1]
         elif isinstance(transform, v2.RandomZoomOut) and (fill := _fill_of(transform)) is not None:
             left, top, right, bottom = params["padding"]
             h, w = image.shape[:2]
             canvas = np.full((top + h + bottom, left + w + right, 3), fill, dtype=np.uint8)
-            canvas[top:top + h, left:left + w] = image
+            canvas[top : top + h, left : left + w] = image
             image = canvas
         else:
             chw = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # a writable copy
@@ -366,7 +380,9 @@ def jitter_colour(rgb: np.ndarray, params: dict) -> np.ndarray:
     planes = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     for fn_id in params["fn_idx"].tolist():
         if fn_id == 0 and params["brightness_factor"] is not None:
-            planes = np.take(F.adjust_brightness_image(_VALUES, params["brightness_factor"]).reshape(256).numpy(), planes)
+            planes = np.take(
+                F.adjust_brightness_image(_VALUES, params["brightness_factor"]).reshape(256).numpy(), planes
+            )
         elif fn_id == 1 and params["contrast_factor"] is not None:
             grey = _rgb_to_grayscale_image(torch.from_numpy(planes), num_output_channels=1, preserve_dtype=False)
             mean = torch.mean(grey.floor_(), dim=(-3, -2, -1), keepdim=True)  # as F.adjust_contrast_image
@@ -390,15 +406,17 @@ def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
     return warp(drawn), drawn.box
 
 
-def applied(drawn: list[Draw], store: "ImageStore"):
+def applied(drawn: list[Draw], store: ImageStore):
     """``apply`` over a batch on the store's threads, in order."""
     return store.map(lambda d: apply(d, store.pre), drawn)
 
 
 def as_items(records: list[Record], class_index: dict[str, int], indices: list[int], outs) -> list:
     """(input, box) pairs -> the datasets' items: (input tensor, class index, box tensor)."""
-    return [(torch.from_numpy(x), class_index[records[i].label], torch.from_numpy(box))
-            for i, (x, box) in zip(indices, outs)]
+    return [
+        (torch.from_numpy(x), class_index[records[i].label], torch.from_numpy(box))
+        for i, (x, box) in zip(indices, outs)
+    ]
 
 
 # -- torch datasets -------------------------------------------------------------------
@@ -414,8 +432,14 @@ class FixedDataset(torch.utils.data.Dataset):
     (probability, smallest side) of the object-keeping crop.
     """
 
-    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], view: int = 0,
-                 crop: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        records: list[Record],
+        store: ImageStore,
+        class_index: dict[str, int],
+        view: int = 0,
+        crop: tuple[float, float] | None = None,
+    ):
         self.records, self.store, self.class_index, self.view = records, store, class_index, view
         # The augmented views crop as --crop-p / --crop-scale say (None: train_transform's defaults). Zoom-out
         # stays a stage-2 augmentation: the defaults were measured with stage-1 views without it.
@@ -454,8 +478,9 @@ class FixedDataset(torch.utils.data.Dataset):
 class AugmentedDataset(torch.utils.data.Dataset):
     """Training records with fresh augmentation every epoch."""
 
-    def __init__(self, records: list[Record], store: ImageStore, class_index: dict[str, int], transform=None,
-                 colour=None):
+    def __init__(
+        self, records: list[Record], store: ImageStore, class_index: dict[str, int], transform=None, colour=None
+    ):
         self.records, self.store, self.class_index = records, store, class_index
         self.transform = transform or train_transform()
         self.colour = colour or colour_transform()

@@ -41,8 +41,15 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tenso
         return F.smooth_l1_loss(pred, target, beta=0.05)
     if kind == "giou":
         # GIoU needs x1 <= x2; sort each pair so any head output is a valid box.
-        pred = torch.stack([torch.minimum(pred[:, 0], pred[:, 2]), torch.minimum(pred[:, 1], pred[:, 3]),
-                            torch.maximum(pred[:, 0], pred[:, 2]), torch.maximum(pred[:, 1], pred[:, 3])], dim=1)
+        pred = torch.stack(
+            [
+                torch.minimum(pred[:, 0], pred[:, 2]),
+                torch.minimum(pred[:, 1], pred[:, 3]),
+                torch.maximum(pred[:, 0], pred[:, 2]),
+                torch.maximum(pred[:, 1], pred[:, 3]),
+            ],
+            dim=1,
+        )
         return generalized_box_iou_loss(pred, target, reduction="mean")
     raise ValueError(f"unknown box loss {kind!r}")
 
@@ -85,8 +92,9 @@ class UpdateRatio:
         for i, (group, before) in enumerate(zip(self.optimizer.param_groups, self._before)):
             if not before:
                 continue
-            upd = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
-                torch._foreach_sub([p.detach() for p in group["params"]], before))))
+            upd = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for p in group["params"]], before)))
+            )
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
             self.sums[i] += float(upd) / max(float(norm), 1e-12)
         self.count += 1
@@ -264,8 +272,9 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
     logits, boxes, raw = predict(forward, loader, device, amp=amp)
     labels = torch.tensor([classes.index(r.label) for r in records])
     targets = torch.from_numpy(np.stack([np.asarray(r.box_normalized, dtype=np.float32) for r in records]))
-    parts = compute_loss(torch.from_numpy(logits), torch.from_numpy(raw), labels, targets,
-                         box_kind=box_kind, box_weight=box_weight)
+    parts = compute_loss(
+        torch.from_numpy(logits), torch.from_numpy(raw), labels, targets, box_kind=box_kind, box_weight=box_weight
+    )
     pred_labels = [classes[i] for i in logits.argmax(1)]
     boxes_px = np.stack([denormalize_boxes(np.clip(b, 0, 1), r.width, r.height) for b, r in zip(boxes, records)])
     report = evaluate_records(records, pred_labels, boxes_px, classes)
@@ -277,8 +286,16 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
 
 
 @torch.no_grad()
-def compute_features(trunk: nn.Sequential, loader, device: torch.device, *, stops=(None,), desc: str = "features",
-                     progress: bool = True, amp: bool = False) -> list[torch.utils.data.TensorDataset]:
+def compute_features(
+    trunk: nn.Sequential,
+    loader,
+    device: torch.device,
+    *,
+    stops=(None,),
+    desc: str = "features",
+    progress: bool = True,
+    amp: bool = False,
+) -> list[torch.utils.data.TensorDataset]:
     """Run the frozen trunk (its stages in order, e.g. ``ClsLocNet.frozen_trunk()``) once over
     ``loader``, keeping the output after each of ``stops`` (stage counts, ascending; None = the
     whole trunk: the heads' input).
@@ -306,8 +323,9 @@ def compute_features(trunk: nn.Sequential, loader, device: torch.device, *, stop
     return [torch.utils.data.TensorDataset(torch.cat(out), labels_t, boxes_t) for out in outs]
 
 
-def set_backbone_trainable(model: nn.Module, trainable: bool, depth: float = 1.0, *, depthwise: bool = True,
-                           norm: bool = True) -> None:
+def set_backbone_trainable(
+    model: nn.Module, trainable: bool, depth: float = 1.0, *, depthwise: bool = True, norm: bool = True
+) -> None:
     """Train the top ``depth`` fraction of the backbone's parameter tensors (by order, so by depth).
 
     Leaving the bottom layers frozen also skips their backward pass, which is
@@ -323,8 +341,11 @@ def set_backbone_trainable(model: nn.Module, trainable: bool, depth: float = 1.0
     for i, p in enumerate(params):
         p.requires_grad_(i >= first_trained)
     for module in model.backbone.modules():
-        kept = ((not depthwise and isinstance(module, nn.Conv2d) and module.groups > 1
-                 and module.groups == module.in_channels)
-                or (not norm and isinstance(module, nn.modules.batchnorm._BatchNorm)))
+        kept = (
+            not depthwise
+            and isinstance(module, nn.Conv2d)
+            and module.groups > 1
+            and module.groups == module.in_channels
+        ) or (not norm and isinstance(module, nn.modules.batchnorm._BatchNorm))
         if kept:
             module.requires_grad_(False)

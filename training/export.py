@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import secrets
 import shutil
 import sys
-import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -128,8 +128,14 @@ def static_same_padding(module, input_size: tuple[int, int]):
         (ih, iw), (kh, kw), (sh, sw), (dh, dw) = sizes[name], same.kernel_size, same.stride, same.dilation
         pad_h, pad_w = get_same_padding(ih, kh, sh, dh), get_same_padding(iw, kw, sw, dw)
         conv = nn.Conv2d(
-            same.in_channels, same.out_channels, same.kernel_size, same.stride, 0, same.dilation,
-            same.groups, same.bias is not None,
+            same.in_channels,
+            same.out_channels,
+            same.kernel_size,
+            same.stride,
+            0,
+            same.dilation,
+            same.groups,
+            same.bias is not None,
         )
         conv.load_state_dict(same.state_dict())
         pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
@@ -209,9 +215,11 @@ def evaluate_outputs(records, classes: list[str], logits: np.ndarray, boxes_norm
     from clsloc.metrics import evaluate_records
 
     labels = [classes[int(k)] for k in logits.argmax(1)]
-    boxes_px = np.stack(
-        [denormalize_boxes(b, r.width, r.height) for b, r in zip(boxes_norm, records)]
-    ) if len(records) else np.zeros((0, 4))
+    boxes_px = (
+        np.stack([denormalize_boxes(b, r.width, r.height) for b, r in zip(boxes_norm, records)])
+        if len(records)
+        else np.zeros((0, 4))
+    )
     return evaluate_records(records, labels, boxes_px)
 
 
@@ -277,7 +285,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, preprocessing: Preprocessing
 
 def _version_now() -> str:
     # Time-ordered, plus a few random characters so two exports in one second never collide in the store.
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def export_run(
@@ -291,9 +299,8 @@ def export_run(
     log=print,
 ) -> Manifest:
     """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError."""
-    from clsloc.training.checkpoint import load_run, load_split
-
     from clsloc.models import ExportWrapper
+    from clsloc.training.checkpoint import load_run, load_split
 
     run_dir, out = Path(run_dir), Path(out)
     model, config = load_run(run_dir, "best")
@@ -357,7 +364,7 @@ def export_run(
         classes=classes,
         preprocessing=preprocessing,
         backbone=str(config.get("backbone", "")),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         precision=precision,
         data_fingerprint=str(config.get("data_fingerprint", "")),
         head=dict(config.get("head", {})),
@@ -403,8 +410,12 @@ def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (clsloc train --out)")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="where model.onnx + manifest.json go")
-    parser.add_argument("--int8", action="store_true", help="static int8 quantization, kept only within 1 point of fp32")
-    parser.add_argument("--bentoml", metavar="NAME", help="also store the model in the BentoML model store as NAME:VERSION")
+    parser.add_argument(
+        "--int8", action="store_true", help="static int8 quantization, kept only within 1 point of fp32"
+    )
+    parser.add_argument(
+        "--bentoml", metavar="NAME", help="also store the model in the BentoML model store as NAME:VERSION"
+    )
     parser.add_argument("--name", help="model name in the manifest (default: --bentoml NAME or the run directory name)")
     parser.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate int8")
 

@@ -184,9 +184,22 @@ class FeatureCache:
             self._trunks[model] = model.frozen_trunk()
         return self._trunks[model]
 
-    def dataset(self, model, records, store, class_index, device, *, view=0, depth: int | None = None,
-                also: tuple[int, ...] = (), crop: tuple[float, float] | None = None, amp=False, progress=True,
-                desc=""):
+    def dataset(
+        self,
+        model,
+        records,
+        store,
+        class_index,
+        device,
+        *,
+        view=0,
+        depth: int | None = None,
+        also: tuple[int, ...] = (),
+        crop: tuple[float, float] | None = None,
+        amp=False,
+        progress=True,
+        desc="",
+    ):
         variant = crop if view >= 2 else None  # only the augmented views depend on the crop settings
 
         def key(record, stop):
@@ -196,10 +209,12 @@ class FeatureCache:
         if todo:
             wanted = {depth, *also}  # trunk depths in ascending order, the whole trunk (None) last
             stops = sorted(d for d in wanted if d is not None) + ([None] if None in wanted else [])
-            loader = torch.utils.data.DataLoader(FixedDataset(todo, store, class_index, view=view, crop=crop),
-                                                 batch_size=INFERENCE_BATCH)
-            outs = compute_features(self.trunk(model), loader, device, stops=stops, desc=desc, amp=amp,
-                                    progress=progress)
+            loader = torch.utils.data.DataLoader(
+                FixedDataset(todo, store, class_index, view=view, crop=crop), batch_size=INFERENCE_BATCH
+            )
+            outs = compute_features(
+                self.trunk(model), loader, device, stops=stops, desc=desc, amp=amp, progress=progress
+            )
             for stop, ds in zip(stops, outs):
                 for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
                     self._cache[key(r, stop)] = (f.clone(), b.clone())
@@ -265,8 +280,9 @@ class ThroughFrozen:
 def set_finetune_trainable(model, config: TrainConfig) -> None:
     """What stage 2 trains: the top ``finetune_depth`` of the backbone, its depthwise filters and
     norm layers' scale/shift only when the config asks (``set_backbone_trainable``)."""
-    set_backbone_trainable(model, True, config.finetune_depth, depthwise=config.finetune_depthwise,
-                           norm=config.finetune_norm)
+    set_backbone_trainable(
+        model, True, config.finetune_depth, depthwise=config.finetune_depthwise, norm=config.finetune_norm
+    )
 
 
 def cached_finetune_start(model, config: TrainConfig) -> int:
@@ -350,7 +366,15 @@ def fit(
 
     store = store or ImageStore(model.preprocessing)
     features = features if features is not None else FeatureCache()
-    state = {"stage": 1, "epoch": 0, "stage_done": False, "best_value": None, "best": {}, "bad_epochs": 0, "history": []}
+    state = {
+        "stage": 1,
+        "epoch": 0,
+        "stage_done": False,
+        "best_value": None,
+        "best": {},
+        "bad_epochs": 0,
+        "history": [],
+    }
     ckpt = None
     best_weights: dict = {}  # {"model": state dict} of the best epoch so far
     start_loss: dict = {}  # {"value": first batch loss}, for explode_factor
@@ -368,19 +392,29 @@ def fit(
 
     n_steps_world = distributed.world_size()
     if n_steps_world > 1 and log_epochs:
-        say(f"distributed: {n_steps_world} processes ({torch.distributed.get_backend()}), "
-            f"{max(1, config.batch_size // n_steps_world)} images per process per step")
+        say(
+            f"distributed: {n_steps_world} processes ({torch.distributed.get_backend()}), "
+            f"{max(1, config.batch_size // n_steps_world)} images per process per step"
+        )
     per_rank_batch = max(1, config.batch_size // n_steps_world)
 
     def save(stage_state: dict, optimizer, scheduler, scaler) -> None:
         if not write:
             return
-        save_checkpoint(run_dir / "last.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
-            **{k: stage_state[k] for k in ("stage", "epoch", "stage_done", "best_value", "best", "bad_epochs", "history")},
-            "rng_torch": torch.get_rng_state(),
-        })
+        save_checkpoint(
+            run_dir / "last.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                **{
+                    k: stage_state[k]
+                    for k in ("stage", "epoch", "stage_done", "best_value", "best", "bad_epochs", "history")
+                },
+                "rng_torch": torch.get_rng_state(),
+            },
+        )
 
     def run_stage(stage: int, epochs: int) -> None:
         if epochs == 0 or state["stage"] > stage or (state["stage"] == stage and state["stage_done"]):
@@ -397,13 +431,23 @@ def fit(
             set_backbone_trainable(model, False)
             store.load(splits.train + splits.val)
             train_sets = [
-                features.dataset(model, splits.train, store, class_index, device, view=view, also=also,
-                                 desc=f"features (train, view {view + 1}/{config.cache_views})", **cache_args)
+                features.dataset(
+                    model,
+                    splits.train,
+                    store,
+                    class_index,
+                    device,
+                    view=view,
+                    also=also,
+                    desc=f"features (train, view {view + 1}/{config.cache_views})",
+                    **cache_args,
+                )
                 for view in range(config.cache_views)
             ]
             train_set = torch.utils.data.ConcatDataset(train_sets)
-            val_set = features.dataset(model, splits.val, store, class_index, device, also=also,
-                                       desc="features (val)", **cache_args)
+            val_set = features.dataset(
+                model, splits.val, store, class_index, device, also=also, desc="features (val)", **cache_args
+            )
             trainable: nn.Module = Heads(model)
             groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
             base_lr = config.lr
@@ -414,23 +458,38 @@ def fit(
             store.load(splits.train + splits.val)
             if start:  # the frozen bottom's output per cached view: only the top runs, forward and back
                 views = range(config.cache_views) if config.augment else [0]
-                train_set = CachedViews([
-                    features.dataset(model, splits.train, store, class_index, device, view=view, depth=start,
-                                     desc=f"activations (train, view {view + 1}/{len(views)})", **cache_args)
-                    for view in views
-                ])
+                train_set = CachedViews(
+                    [
+                        features.dataset(
+                            model,
+                            splits.train,
+                            store,
+                            class_index,
+                            device,
+                            view=view,
+                            depth=start,
+                            desc=f"activations (train, view {view + 1}/{len(views)})",
+                            **cache_args,
+                        )
+                        for view in views
+                    ]
+                )
                 trainable = Top(model, start, fold_norms=True)  # the cache needs frozen norm statistics
             else:
-                train_set = (AugmentedDataset(splits.train, store, class_index, augmentation(config)) if config.augment
-                             else FixedDataset(splits.train, store, class_index))
+                train_set = (
+                    AugmentedDataset(splits.train, store, class_index, augmentation(config))
+                    if config.augment
+                    else FixedDataset(splits.train, store, class_index)
+                )
                 trainable = model
             bottom = model.frozen_stages() if config.freeze_bn else 0
             if bottom:
                 # What the frozen bottom computes on the validation images cannot change during this stage:
                 # computed once, each epoch's validation runs only the trained top (about 40% of the
                 # network at the default depth), with the whole network's numbers up to float rounding.
-                val_set = features.dataset(model, splits.val, store, class_index, device, depth=bottom,
-                                           desc="activations (val)", **cache_args)
+                val_set = features.dataset(
+                    model, splits.val, store, class_index, device, depth=bottom, desc="activations (val)", **cache_args
+                )
                 val_forward = Top(model, bottom)
                 if not start:
                     # Fresh images: the frozen bottom runs as its BatchNorm-folded snapshot, outside autograd,
@@ -440,8 +499,11 @@ def fit(
             else:
                 val_set = FixedDataset(splits.val, store, class_index)
             groups = [
-                {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.finetune_lr,
-                 "name": "backbone"},
+                {
+                    "params": [p for p in model.backbone.parameters() if p.requires_grad],
+                    "lr": config.finetune_lr,
+                    "name": "backbone",
+                },
                 {"params": model.head_parameters(), "lr": config.finetune_lr, "name": "heads"},
             ]
             base_lr = config.finetune_lr
@@ -468,8 +530,12 @@ def fit(
             if isinstance(train_set, CachedViews):
                 train_set.draw(generator)
             loader = torch.utils.data.DataLoader(
-                train_set, batch_size=per_rank_batch, shuffle=sampler is None, sampler=sampler,
-                generator=generator, num_workers=config.workers if stage == 2 and not start else 0,
+                train_set,
+                batch_size=per_rank_batch,
+                shuffle=sampler is None,
+                sampler=sampler,
+                generator=generator,
+                num_workers=config.workers if stage == 2 and not start else 0,
                 drop_last=len(train_set) > per_rank_batch * n_steps_world,
                 persistent_workers=False,
             )
@@ -480,39 +546,74 @@ def fit(
                 model.backbone.apply(_freeze_batchnorm)
             abort_above = explode_factor * start_loss["value"] if explode_factor and start_loss else None
             stats = train_one_epoch(
-                forward, loader, optimizer, box_kind=config.box_loss, box_weight=config.box_weight,
-                device=device, scaler=scaler, scheduler=scheduler, progress=progress and rank_main,
-                desc=f"stage {stage} epoch {epoch}/{epochs}", abort_above=abort_above,
+                forward,
+                loader,
+                optimizer,
+                box_kind=config.box_loss,
+                box_weight=config.box_weight,
+                device=device,
+                scaler=scaler,
+                scheduler=scheduler,
+                progress=progress and rank_main,
+                desc=f"stage {stage} epoch {epoch}/{epochs}",
+                abort_above=abort_above,
                 explode_factor=explode_factor if not start_loss else None,
             )
             start_loss.setdefault("value", stats.first_loss)
             if stats.aborted:
                 exploded["at"] = {"stage": stage, "epoch": epoch, "loss": stats.loss, "start_loss": start_loss["value"]}
-                say(f"  stage {stage} epoch {epoch}: loss {stats.loss:.4g} exploded (start {start_loss['value']:.4g}); stopping")
+                say(
+                    f"  stage {stage} epoch {epoch}: loss {stats.loss:.4g} exploded (start {start_loss['value']:.4g}); stopping"
+                )
                 state["stage_done"] = True
                 state["history"].append({"stage": stage, "epoch": epoch, "exploded": True, "train_loss": stats.loss})
                 break
             model.eval()
-            report = evaluate(val_forward or trainable, val_loader, splits.val, classes, device,
-                              box_kind=config.box_loss, box_weight=config.box_weight, amp=amp)
+            report = evaluate(
+                val_forward or trainable,
+                val_loader,
+                splits.val,
+                classes,
+                device,
+                box_kind=config.box_loss,
+                box_weight=config.box_weight,
+                amp=amp,
+            )
             record = {
-                "stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": stats.loss, "train_cls_loss": stats.cls_loss, "train_box_loss": stats.box_loss,
-                "train_accuracy": stats.accuracy, "train_mean_iou": stats.mean_iou,
-                "val_loss": report["loss"], "val_accuracy": report["accuracy"], "val_mean_iou": report["mean_iou"],
-                "val_loc_accuracy": report["loc_accuracy"], "update_ratio": stats.update_ratio,
-                "seconds": round(stats.seconds, 3), "images_per_s": stats.n * n_steps_world / max(stats.seconds, 1e-9),
+                "stage": stage,
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": stats.loss,
+                "train_cls_loss": stats.cls_loss,
+                "train_box_loss": stats.box_loss,
+                "train_accuracy": stats.accuracy,
+                "train_mean_iou": stats.mean_iou,
+                "val_loss": report["loss"],
+                "val_accuracy": report["accuracy"],
+                "val_mean_iou": report["mean_iou"],
+                "val_loc_accuracy": report["loc_accuracy"],
+                "update_ratio": stats.update_ratio,
+                "seconds": round(stats.seconds, 3),
+                "images_per_s": stats.n * n_steps_world / max(stats.seconds, 1e-9),
             }
             monitored = report["loss"] if config.monitor == "loss" else report[config.monitor]
             improved = better(monitored, state["best_value"], config.monitor)
             if improved:
-                state.update(best_value=monitored, best={"stage": stage, "epoch": epoch, config.monitor: monitored},
-                             bad_epochs=0)
+                state.update(
+                    best_value=monitored, best={"stage": stage, "epoch": epoch, config.monitor: monitored}, bad_epochs=0
+                )
                 best_weights["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if write:
-                    save_checkpoint(run_dir / "best.pt", {"model": best_weights["model"], "stage": stage,
-                                                          "epoch": epoch, "monitor": config.monitor,
-                                                          "value": monitored})
+                    save_checkpoint(
+                        run_dir / "best.pt",
+                        {
+                            "model": best_weights["model"],
+                            "stage": stage,
+                            "epoch": epoch,
+                            "monitor": config.monitor,
+                            "value": monitored,
+                        },
+                    )
             else:
                 state["bad_epochs"] += 1
             record["best"] = improved
@@ -542,14 +643,26 @@ def fit(
 
     run_stage(1, config.epochs)
     if exploded:
-        return FitResult(run_dir, {"exploded": exploded["at"]}, state["history"], state["best"],
-                         time.perf_counter() - started, exploded=True)
+        return FitResult(
+            run_dir,
+            {"exploded": exploded["at"]},
+            state["history"],
+            state["best"],
+            time.perf_counter() - started,
+            exploded=True,
+        )
     if config.finetune_epochs and state["stage"] == 1 and select_best and best_weights:
         model.load_state_dict(best_weights["model"])  # fine-tune from the best heads, not the last
     run_stage(2, config.finetune_epochs)
     if exploded:
-        return FitResult(run_dir, {"exploded": exploded["at"]}, state["history"], state["best"],
-                         time.perf_counter() - started, exploded=True)
+        return FitResult(
+            run_dir,
+            {"exploded": exploded["at"]},
+            state["history"],
+            state["best"],
+            time.perf_counter() - started,
+            exploded=True,
+        )
 
     if select_best and best_weights:
         model.load_state_dict(best_weights["model"])
@@ -558,11 +671,23 @@ def fit(
     val_set = FixedDataset(splits.val, store, class_index)
     store.load(splits.val)
     batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
-    report = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=batch), splits.val, classes, device,
-                      box_kind=config.box_loss, box_weight=config.box_weight, amp=amp)
+    report = evaluate(
+        model,
+        torch.utils.data.DataLoader(val_set, batch_size=batch),
+        splits.val,
+        classes,
+        device,
+        box_kind=config.box_loss,
+        box_weight=config.box_weight,
+        amp=amp,
+    )
     seconds = time.perf_counter() - started
-    metrics = {**report, "best": state["best"], "selected": "best" if select_best else "last",
-               "seconds": round(seconds, 2)}
+    metrics = {
+        **report,
+        "best": state["best"],
+        "selected": "best" if select_best else "last",
+        "seconds": round(seconds, 2),
+    }
     if write:
         write_json(run_dir / METRICS_FILE, metrics)
         full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
@@ -571,8 +696,16 @@ def fit(
 
         plot_history(state["history"], run_dir)
         if not (run_dir / "best.pt").exists():
-            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "stage": state["stage"],
-                                                  "epoch": state["epoch"], "monitor": config.monitor, "value": None})
+            save_checkpoint(
+                run_dir / "best.pt",
+                {
+                    "model": model.state_dict(),
+                    "stage": state["stage"],
+                    "epoch": state["epoch"],
+                    "monitor": config.monitor,
+                    "value": None,
+                },
+            )
     return FitResult(run_dir, metrics, state["history"], state["best"], seconds)
 
 
@@ -591,9 +724,15 @@ def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None =
     from clsloc.models import build_model
 
     return build_model(
-        config.backbone, num_classes, attach=config.attach, per_class=config.per_class,
-        pretrained=config.pretrained, dropout=config.dropout if dropout is None else dropout,
-        input_size=input_size or config.image_size or None, box_bins=config.box_bins, flip_tta=config.tta,
+        config.backbone,
+        num_classes,
+        attach=config.attach,
+        per_class=config.per_class,
+        pretrained=config.pretrained,
+        dropout=config.dropout if dropout is None else dropout,
+        input_size=input_size or config.image_size or None,
+        box_bins=config.box_bins,
+        flip_tta=config.tta,
     )
 
 

@@ -41,7 +41,9 @@ class SanityReport:
         return not self.failures
 
 
-def sanity_check(config: TrainConfig, splits: Splits, *, verbose: bool = True, cranked_reg: float = CRANKED_REG) -> SanityReport:
+def sanity_check(
+    config: TrainConfig, splits: Splits, *, verbose: bool = True, cranked_reg: float = CRANKED_REG
+) -> SanityReport:
     from clsloc.training.fit import FeatureCache, model_for, pick_device, seed_everything
 
     device = pick_device(config.device)
@@ -53,8 +55,7 @@ def sanity_check(config: TrainConfig, splits: Splits, *, verbose: bool = True, c
     records = splits.train[:MAX_IMAGES]
     store = ImageStore(model.preprocessing)
     store.load(records)
-    data = FeatureCache().dataset(model, records, store, {c: i for i, c in enumerate(classes)}, device,
-                                  progress=False)
+    data = FeatureCache().dataset(model, records, store, {c: i for i, c in enumerate(classes)}, device, progress=False)
     features, labels, targets = (t.to(device) for t in data.tensors)
     with torch.no_grad():
         logits, boxes = model.forward_heads(features)
@@ -64,8 +65,13 @@ def sanity_check(config: TrainConfig, splits: Splits, *, verbose: bool = True, c
         penalty = float(l2_penalty(model.head_parameters()))
     loss = float(parts.total)
     report = SanityReport(
-        classes=len(classes), ce=float(parts.cls), expected_ce=math.log(len(classes)), box=float(parts.box),
-        expected_box=expected_box, loss=loss, loss_cranked=loss + cranked_reg * penalty,
+        classes=len(classes),
+        ce=float(parts.cls),
+        expected_ce=math.log(len(classes)),
+        box=float(parts.box),
+        expected_box=expected_box,
+        loss=loss,
+        loss_cranked=loss + cranked_reg * penalty,
     )
     if not abs(report.ce - report.expected_ce) <= CE_TOLERANCE * report.expected_ce:
         report.failures.append(

@@ -25,10 +25,14 @@ from clsloc.training.config import HelpFormatter, TrainConfig, add_train_argumen
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
     parser.add_argument("datasets", nargs="*", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)")
-    parser.add_argument("--out", metavar="RUN_DIR", help="run directory to write (required unless --resume/--sanity/--overfit)")
+    parser.add_argument(
+        "--out", metavar="RUN_DIR", help="run directory to write (required unless --resume/--sanity/--overfit)"
+    )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch")
     parser.add_argument("--sanity", action="store_true", help="check the initial loss (babysitting step 1) and exit")
-    parser.add_argument("--overfit", type=int, metavar="N", default=0, help="try to memorize N training examples and exit")
+    parser.add_argument(
+        "--overfit", type=int, metavar="N", default=0, help="try to memorize N training examples and exit"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_train_arguments(parser, datasets=False)
 
@@ -73,8 +77,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one DATASET (or --resume RUN_DIR)")
     config = config_from_args(args)
     splits = prepare_splits(config.datasets, config.val, config.val_split, config.seed, config.policy)
-    print(f"data: {len(splits.train)} training, {len(splits.val)} validation images, classes {splits.classes}"
-          + (f"; {splits.skipped} image(s) skipped by the dataset check" if splits.skipped else ""), flush=True)
+    print(
+        f"data: {len(splits.train)} training, {len(splits.val)} validation images, classes {splits.classes}"
+        + (f"; {splits.skipped} image(s) skipped by the dataset check" if splits.skipped else ""),
+        flush=True,
+    )
     if args.sanity:
         from clsloc.training.sanity import sanity_check
 
@@ -95,9 +102,13 @@ def _summary(result) -> int:
 
     if distributed.is_main():
         best = result.best
-        print(f"\nbest: stage {best.get('stage')} epoch {best.get('epoch')}; final validation of best.pt "
-              f"({result.seconds:.0f}s in all):")
+        print(
+            f"\nbest: stage {best.get('stage')} epoch {best.get('epoch')}; final validation of best.pt "
+            f"({result.seconds:.0f}s in all):"
+        )
         print(format_table(result.metrics))
         if result.run_dir is not None:
-            print(f"\nrun written to {Path(result.run_dir)} (export with: clsloc export {result.run_dir} --out MODEL_DIR)")
+            print(
+                f"\nrun written to {Path(result.run_dir)} (export with: clsloc export {result.run_dir} --out MODEL_DIR)"
+            )
     return 0

@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--coarse-epochs", type=int, default=5, help="epochs per coarse trial")
     g.add_argument("--fine-epochs", type=int, default=20, help="epochs per fine trial")
     g.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 1e-1), metavar=("LOW", "HIGH"))
-    g.add_argument("--reg-range", type=float, nargs=2, default=(1e-6, 1e-1), metavar=("LOW", "HIGH"),
-                   help="weight decay range")
+    g.add_argument(
+        "--reg-range", type=float, nargs=2, default=(1e-6, 1e-1), metavar=("LOW", "HIGH"), help="weight decay range"
+    )
     g.add_argument("--fine-window", type=float, default=0.5, help="fine ranges: best coarse value x 10^(+-window)")
     parser.add_argument("--out", metavar="DIR", default="runs/tune", help="where tune.csv / tune.png / best.json go")
     parser.add_argument("--quiet", action="store_true")
@@ -57,8 +58,20 @@ def at_edge(value: float, low: float, high: float) -> str | None:
     return None
 
 
-def search(config: TrainConfig, splits, *, stage: str, trials: int, epochs: int, lr_range, reg_range,
-           seed: int, store, features, log=print) -> list[dict]:
+def search(
+    config: TrainConfig,
+    splits,
+    *,
+    stage: str,
+    trials: int,
+    epochs: int,
+    lr_range,
+    reg_range,
+    seed: int,
+    store,
+    features,
+    log=print,
+) -> list[dict]:
     """One random-search stage; -> one row per trial."""
     import optuna
 
@@ -67,8 +80,9 @@ def search(config: TrainConfig, splits, *, stage: str, trials: int, epochs: int,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    study = optuna.create_study(direction="minimize" if config.monitor == "loss" else "maximize",
-                                sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        direction="minimize" if config.monitor == "loss" else "maximize", sampler=sampler, pruner=pruner
+    )
     rows: list[dict] = []
     metric_key = "val_loss" if config.monitor == "loss" else f"val_{config.monitor}"
 
@@ -85,18 +99,36 @@ def search(config: TrainConfig, splits, *, stage: str, trials: int, epochs: int,
                 return True
             return False
 
-        result = fit(trial_config, splits, None, store=store, features=features, progress=False,
-                     log_epochs=False, epoch_callback=report, explode_factor=EXPLODE_FACTOR)
+        result = fit(
+            trial_config,
+            splits,
+            None,
+            store=store,
+            features=features,
+            progress=False,
+            log_epochs=False,
+            epoch_callback=report,
+            explode_factor=EXPLODE_FACTOR,
+        )
         history = [h for h in result.history if not h.get("exploded")]
         values = [h[metric_key] for h in history]
         best = (min(values) if config.monitor == "loss" else max(values)) if values else float("nan")
         state = "exploded" if result.exploded else "pruned" if pruned else "complete"
-        row = {"stage": stage, "trial": trial.number, "lr": lr, "weight_decay": reg, "value": best,
-               "state": state, "epochs": len(result.history), "first_loss": result.history[0].get("train_loss")
-               if result.history else None}
+        row = {
+            "stage": stage,
+            "trial": trial.number,
+            "lr": lr,
+            "weight_decay": reg,
+            "value": best,
+            "state": state,
+            "epochs": len(result.history),
+            "first_loss": result.history[0].get("train_loss") if result.history else None,
+        }
         rows.append(row)
-        log(f"{stage} trial {trial.number + 1:>3}/{trials}: lr {lr:.2e}  reg {reg:.2e}  "
-            f"val {config.monitor} {best:.4f}  ({state}, {len(result.history)} epochs)")
+        log(
+            f"{stage} trial {trial.number + 1:>3}/{trials}: lr {lr:.2e}  reg {reg:.2e}  "
+            f"val {config.monitor} {best:.4f}  ({state}, {len(result.history)} epochs)"
+        )
         if result.exploded:
             raise optuna.TrialPruned("loss exploded")
         if pruned:
@@ -136,15 +168,27 @@ def plot_search(rows: list[dict], path: Path, monitor: str, best: dict | None) -
     for stage, marker in (("coarse", "o"), ("fine", "s")):
         pts = [r for r in ok if r["stage"] == stage]
         if pts:
-            scatter = ax.scatter([r["lr"] for r in pts], [r["weight_decay"] for r in pts], c=[r["value"] for r in pts],
-                                 cmap="viridis", marker=marker, s=50, edgecolors="k", linewidths=0.5, label=stage,
-                                 vmin=min(r["value"] for r in ok), vmax=max(r["value"] for r in ok))
+            scatter = ax.scatter(
+                [r["lr"] for r in pts],
+                [r["weight_decay"] for r in pts],
+                c=[r["value"] for r in pts],
+                cmap="viridis",
+                marker=marker,
+                s=50,
+                edgecolors="k",
+                linewidths=0.5,
+                label=stage,
+                vmin=min(r["value"] for r in ok),
+                vmax=max(r["value"] for r in ok),
+            )
     if bad:
-        ax.scatter([r["lr"] for r in bad], [r["weight_decay"] for r in bad], marker="x", c="red",
-                   label="exploded / no result")
+        ax.scatter(
+            [r["lr"] for r in bad], [r["weight_decay"] for r in bad], marker="x", c="red", label="exploded / no result"
+        )
     if best:
-        ax.scatter([best["lr"]], [best["weight_decay"]], marker="*", s=300, facecolors="none", edgecolors="red",
-                   label="best")
+        ax.scatter(
+            [best["lr"]], [best["weight_decay"]], marker="*", s=300, facecolors="none", edgecolors="red", label="best"
+        )
     if scatter is not None:
         fig.colorbar(scatter, ax=ax, label=f"val {monitor}")
     ax.set_xscale("log")
@@ -159,8 +203,19 @@ def plot_search(rows: list[dict], path: Path, monitor: str, best: dict | None) -
     plt.close(fig)
 
 
-def tune(config: TrainConfig, *, trials: int, fine_trials: int, coarse_epochs: int, fine_epochs: int,
-         lr_range, reg_range, fine_window: float, out: str | Path, log=print) -> dict:
+def tune(
+    config: TrainConfig,
+    *,
+    trials: int,
+    fine_trials: int,
+    coarse_epochs: int,
+    fine_epochs: int,
+    lr_range,
+    reg_range,
+    fine_window: float,
+    out: str | Path,
+    log=print,
+) -> dict:
     from clsloc.models import get_backbone
     from clsloc.training.data import ImageStore, prepare_splits
     from clsloc.training.fit import FeatureCache
@@ -173,30 +228,57 @@ def tune(config: TrainConfig, *, trials: int, fine_trials: int, coarse_epochs: i
     features = FeatureCache()
     common = dict(store=store, features=features, log=log)
 
-    rows = search(config, splits, stage="coarse", trials=trials, epochs=coarse_epochs, lr_range=lr_range,
-                  reg_range=reg_range, seed=config.seed, **common)
+    rows = search(
+        config,
+        splits,
+        stage="coarse",
+        trials=trials,
+        epochs=coarse_epochs,
+        lr_range=lr_range,
+        reg_range=reg_range,
+        seed=config.seed,
+        **common,
+    )
     coarse_best = best_row(rows, config.monitor)
     warnings = []
     ranges = {"coarse": {"lr": list(lr_range), "weight_decay": list(reg_range)}}
     if coarse_best and fine_trials:
-        w = 10 ** fine_window
+        w = 10**fine_window
         fine_lr = (coarse_best["lr"] / w, coarse_best["lr"] * w)
         fine_reg = (coarse_best["weight_decay"] / w, coarse_best["weight_decay"] * w)
         ranges["fine"] = {"lr": list(fine_lr), "weight_decay": list(fine_reg)}
         log(f"fine stage around lr {coarse_best['lr']:.2e}, reg {coarse_best['weight_decay']:.2e}")
-        rows += search(config, splits, stage="fine", trials=fine_trials, epochs=fine_epochs, lr_range=fine_lr,
-                       reg_range=fine_reg, seed=config.seed + 1, **common)
+        rows += search(
+            config,
+            splits,
+            stage="fine",
+            trials=fine_trials,
+            epochs=fine_epochs,
+            lr_range=fine_lr,
+            reg_range=fine_reg,
+            seed=config.seed + 1,
+            **common,
+        )
     best = best_row(rows, config.monitor)
     if best:
         for name, (low, high) in zip(("lr", "weight_decay"), (lr_range, reg_range)):
             edge = at_edge(best[name], low, high)
             if edge:
-                warnings.append(f"best {name} {best[name]:.2e} is at the {edge} edge of the searched range "
-                                f"[{low:.0e}, {high:.0e}]: widen the range and search again")
+                warnings.append(
+                    f"best {name} {best[name]:.2e} is at the {edge} edge of the searched range "
+                    f"[{low:.0e}, {high:.0e}]: widen the range and search again"
+                )
     write_csv(rows, out / "tune.csv")
     plot_search(rows, out / "tune.png", config.monitor, best)
-    result = {"best": best, "monitor": config.monitor, "ranges": ranges, "warnings": warnings,
-              "trials": len(rows), "csv": str(out / "tune.csv"), "plot": str(out / "tune.png")}
+    result = {
+        "best": best,
+        "monitor": config.monitor,
+        "ranges": ranges,
+        "warnings": warnings,
+        "trials": len(rows),
+        "csv": str(out / "tune.csv"),
+        "plot": str(out / "tune.png"),
+    }
     write_json(out / "best.json", result)
     for w in warnings:
         log(f"warning: {w}")
@@ -219,9 +301,17 @@ def run(args: argparse.Namespace) -> int:
         if args.trials < 1:
             raise ValueError(f"--trials {args.trials}: need at least 1")
         fine = args.trials // 2 if args.fine_trials is None else args.fine_trials
-        result = tune(config, trials=args.trials, fine_trials=fine, coarse_epochs=args.coarse_epochs,
-                      fine_epochs=args.fine_epochs, lr_range=tuple(args.lr_range), reg_range=tuple(args.reg_range),
-                      fine_window=args.fine_window, out=args.out)
+        result = tune(
+            config,
+            trials=args.trials,
+            fine_trials=fine,
+            coarse_epochs=args.coarse_epochs,
+            fine_epochs=args.fine_epochs,
+            lr_range=tuple(args.lr_range),
+            reg_range=tuple(args.reg_range),
+            fine_window=args.fine_window,
+            out=args.out,
+        )
     except (DataError, DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -229,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial finished: every trial exploded or was pruned; lower the learning-rate range", file=sys.stderr)
         return 1
-    print(f"\nbest ({best['stage']} trial {best['trial'] + 1}): lr {best['lr']:.3e}  weight decay "
-          f"{best['weight_decay']:.3e}  val {result['monitor']} {best['value']:.4f}")
+    print(
+        f"\nbest ({best['stage']} trial {best['trial'] + 1}): lr {best['lr']:.3e}  weight decay "
+        f"{best['weight_decay']:.3e}  val {result['monitor']} {best['value']:.4f}"
+    )
     print(f"table: {result['csv']}   plot: {result['plot']}")
     print(f"train with: clsloc train ... --lr {best['lr']:.2e} --weight-decay {best['weight_decay']:.2e}")
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Union
+from typing import IO, Any, Union
 
 import httpx
 
@@ -55,8 +56,14 @@ def _read(response: httpx.Response) -> Any:
 class Client:
     """Synchronous client. ``api_key`` defaults to the CLSLOC_API_KEY environment variable."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, api_key: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:3000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.api_key = api_key if api_key is not None else os.environ.get("CLSLOC_API_KEY")
         self._http = httpx.Client(base_url=url, timeout=timeout, transport=transport, headers=_headers(self.api_key))
 
@@ -79,8 +86,9 @@ class Client:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 60.0, *, interval: float = 0.5,
-                   abort: Callable[[], str | None] | None = None) -> None:
+    def wait_ready(
+        self, timeout: float = 60.0, *, interval: float = 0.5, abort: Callable[[], str | None] | None = None
+    ) -> None:
         """Poll ``/readyz`` until the service answers 200; ``TimeoutError`` after ``timeout`` seconds.
 
         ``abort`` is asked between polls; a message from it stops the wait with
@@ -103,7 +111,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,10 +121,18 @@ class Client:
 class AsyncClient:
     """Asynchronous client with the same methods as :class:`Client`, awaited."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, api_key: str | None = None, timeout: float = 60.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:3000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.api_key = api_key if api_key is not None else os.environ.get("CLSLOC_API_KEY")
-        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, headers=_headers(self.api_key))
+        self._http = httpx.AsyncClient(
+            base_url=url, timeout=timeout, transport=transport, headers=_headers(self.api_key)
+        )
 
     async def predict(self, image: ImageInput) -> dict:
         return _read(await self._http.post("/predict", files={"image": _file_part(image, "image")}))
@@ -140,7 +156,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -73,7 +73,9 @@ def format_summary(summary: dict) -> str:
     width = max([len("class")] + [len(n) for n in names])
     lines.append(f"{'class':<{width}}  {'images':>7}  {'objects':>7}")
     for name in names:
-        lines.append(f"{name:<{width}}  {summary['classes'].get(name, 0):>7}  {summary['objects_per_class'].get(name, 0):>7}")
+        lines.append(
+            f"{name:<{width}}  {summary['classes'].get(name, 0):>7}  {summary['objects_per_class'].get(name, 0):>7}"
+        )
     lines.append("")
     bpi = summary["boxes_per_image"]
     histogram = "  ".join(f"{k} box{'es' if k != '1' else ''}: {v}" for k, v in bpi["histogram"].items())
@@ -81,8 +83,7 @@ def format_summary(summary: dict) -> str:
     if summary["box_size"]:
         q = summary["box_size"]
         lines.append(
-            "box size          sqrt(box area / image area): "
-            + "  ".join(f"{k} {v:.2f}" for k, v in q.items())
+            "box size          sqrt(box area / image area): " + "  ".join(f"{k} {v:.2f}" for k, v in q.items())
         )
     problems = summary["problems"]
     lines.append("")
@@ -137,11 +138,24 @@ def plot_overview(dataset: Dataset, path, per_class: int = 4, seed: int = 0) -> 
             for obj in record.objects:
                 x0, y0, x1, y1 = obj.box
                 target = obj.box == record.box and obj.label == record.label
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=2 if target else 1,
-                                       linestyle="-" if target else "--", edgecolor="lime" if target else "yellow"))
+                ax.add_patch(
+                    Rectangle(
+                        (x0, y0),
+                        x1 - x0,
+                        y1 - y0,
+                        fill=False,
+                        linewidth=2 if target else 1,
+                        linestyle="-" if target else "--",
+                        edgecolor="lime" if target else "yellow",
+                    )
+                )
             ax.set_title(f"{name}: {record.image.name}", fontsize=7)
-        sizes = [np.sqrt((o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) / (r.width * r.height))
-                 for r in members for o in r.objects if o.label == name]
+        sizes = [
+            np.sqrt((o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) / (r.width * r.height))
+            for r in members
+            for o in r.objects
+            if o.label == name
+        ]
         ax = axes[row, per_class]
         ax.hist(sizes, bins=np.linspace(0, 1, 11), color="tab:blue")
         ax.set_title(f"{name}: box size ({len(sizes)} boxes)", fontsize=7)

@@ -53,7 +53,9 @@ def read_coco(json_path: Path) -> list[RawAnnotation | Problem]:
     names: dict = {}
     for i, cat in enumerate(categories):
         if not isinstance(cat, dict) or "id" not in cat or not str(cat.get("name", "")).strip():
-            problems.append(Problem(source, "bad_annotation", f"categories[{i}] needs an 'id' and a 'name': {cat!r}", skipped=False))
+            problems.append(
+                Problem(source, "bad_annotation", f"categories[{i}] needs an 'id' and a 'name': {cat!r}", skipped=False)
+            )
             continue
         names[cat["id"]] = str(cat["name"]).strip()
 
@@ -66,15 +68,26 @@ def read_coco(json_path: Path) -> list[RawAnnotation | Problem]:
             continue
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if image_id not in image_ids:
-            problems.append(Problem(where, "bad_annotation", f"image_id {image_id!r} is not in 'images'", skipped=False))
+            problems.append(
+                Problem(where, "bad_annotation", f"image_id {image_id!r} is not in 'images'", skipped=False)
+            )
             continue
         if category_id not in names:
-            problems.append(Problem(where, "unknown_class", f"category_id {category_id!r} is not in 'categories'; box dropped", skipped=False))
+            problems.append(
+                Problem(
+                    where,
+                    "unknown_class",
+                    f"category_id {category_id!r} is not in 'categories'; box dropped",
+                    skipped=False,
+                )
+            )
             continue
         try:
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
-            problems.append(Problem(where, "bad_box", f"bbox must be [x, y, w, h] numbers, got {bbox!r}; dropped", skipped=False))
+            problems.append(
+                Problem(where, "bad_box", f"bbox must be [x, y, w, h] numbers, got {bbox!r}; dropped", skipped=False)
+            )
             continue
         boxes[image_id].append((names[category_id], (x, y, x + w, y + h)))
 

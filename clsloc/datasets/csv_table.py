@@ -39,7 +39,7 @@ def _image_index(csv_path: Path) -> ImageIndex:
 def read_csv(csv_path: Path) -> list[RawAnnotation | Problem]:
     source = str(csv_path)
     try:
-        handle = open(csv_path, newline="", encoding="utf-8-sig")
+        handle = open(csv_path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise DatasetError(f"{csv_path}: cannot read ({exc.strerror or exc})") from None
     with handle:
@@ -67,7 +67,10 @@ def read_csv(csv_path: Path) -> list[RawAnnotation | Problem]:
                 if not any(cell.strip() for cell in row):
                     continue
                 where = f"{source}:{line}"
-                get = lambda col: row[position[col]].strip() if col in position and position[col] < len(row) else ""  # noqa: E731
+
+                def get(col: str, row: list[str] = row) -> str:
+                    return row[position[col]].strip() if col in position and position[col] < len(row) else ""
+
                 filename = get("filename")
                 if not filename:
                     problems.append(Problem(where, "missing_field", "row has no filename; skipped"))
@@ -85,12 +88,18 @@ def read_csv(csv_path: Path) -> list[RawAnnotation | Problem]:
                     )
                 label = get("class")
                 if not label:
-                    raw.problems.append(Problem(where, "missing_field", f"row for {filename} has no class; box dropped", skipped=False))
+                    raw.problems.append(
+                        Problem(where, "missing_field", f"row for {filename} has no class; box dropped", skipped=False)
+                    )
                     continue
                 coords = [_number(get(c)) for c in ("xmin", "ymin", "xmax", "ymax")]
                 if any(v is None for v in coords):
                     values = ", ".join(f"{c}={get(c)!r}" for c in ("xmin", "ymin", "xmax", "ymax"))
-                    raw.problems.append(Problem(where, "bad_box", f"{filename}: missing or non-numeric {values}; box dropped", skipped=False))
+                    raw.problems.append(
+                        Problem(
+                            where, "bad_box", f"{filename}: missing or non-numeric {values}; box dropped", skipped=False
+                        )
+                    )
                     continue
                 raw.objects.append((label, tuple(coords)))
         except (csv.Error, UnicodeDecodeError) as exc:

@@ -129,14 +129,18 @@ def clean_box(
         return None, "bad_box", f"box xyxy=({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area or is inverted; dropped"
     cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
     if cx1 <= cx0 or cy1 <= cy0:
-        return None, "box_outside_image", (
-            f"box xyxy=({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} image; dropped"
+        return (
+            None,
+            "box_outside_image",
+            (f"box xyxy=({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} image; dropped"),
         )
     overshoot_x = max(-x0, x1 - width, 0.0)
     overshoot_y = max(-y0, y1 - height, 0.0)
     if overshoot_x > outside_tolerance(width) or overshoot_y > outside_tolerance(height):
-        return (cx0, cy0, cx1, cy1), "box_outside_image", (
-            f"box xyxy=({x0:g}, {y0:g}, {x1:g}, {y1:g}) reaches outside the {width}x{height} image; clipped"
+        return (
+            (cx0, cy0, cx1, cy1),
+            "box_outside_image",
+            (f"box xyxy=({x0:g}, {y0:g}, {x1:g}, {y1:g}) reaches outside the {width}x{height} image; clipped"),
         )
     return (cx0, cy0, cx1, cy1), None, None
 
@@ -167,7 +171,9 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
     out = Finalized(problems=list(raw.problems))
     if raw.image is None or not raw.image.is_file():
         where = raw.image if raw.image is not None else raw.image_name
-        out.problems.append(Problem(str(where), "missing_image", f"image {raw.image_name!r} of {raw.annotation} not found"))
+        out.problems.append(
+            Problem(str(where), "missing_image", f"image {raw.image_name!r} of {raw.annotation} not found")
+        )
         return out
     image_file = str(raw.image)
     declared = (raw.width or 0, raw.height or 0)
@@ -175,7 +181,9 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
         try:
-            size = check_image(raw.image) if check_images else (declared if min(declared) > 0 else image_size(raw.image))
+            size = (
+                check_image(raw.image) if check_images else (declared if min(declared) > 0 else image_size(raw.image))
+            )
         except ImageError as exc:
             unreadable, size = exc, declared
     for warning in caught:  # odd but decodable images (bogus EXIF) become listed warnings
@@ -185,12 +193,20 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
             warnings.warn(warning.message, stacklevel=2)
     width, height = int(size[0]), int(size[1])
     if unreadable is None and min(declared) > 0 and declared != (width, height):
-        rotated = " (swapped: EXIF rotation? the boxes may have been drawn on the unrotated image)" if declared == (height, width) else ""
-        out.problems.append(Problem(
-            image_file, "size_mismatch",
-            f"annotation {raw.annotation} says {declared[0]}x{declared[1]}, the image as displayed is {width}x{height}"
-            f"{rotated}; boxes are taken as given and clipped to the image", skipped=False,
-        ))
+        rotated = (
+            " (swapped: EXIF rotation? the boxes may have been drawn on the unrotated image)"
+            if declared == (height, width)
+            else ""
+        )
+        out.problems.append(
+            Problem(
+                image_file,
+                "size_mismatch",
+                f"annotation {raw.annotation} says {declared[0]}x{declared[1]}, the image as displayed is {width}x{height}"
+                f"{rotated}; boxes are taken as given and clipped to the image",
+                skipped=False,
+            )
+        )
 
     objects: list[GroundTruth] = []
     for label, box in raw.objects:
@@ -210,16 +226,23 @@ def finalize(raw: RawAnnotation, *, policy: str = "largest", check_images: bool 
         return out
     target = choose_target(objects, policy)
     record = Record(
-        image=raw.image, width=width, height=height, objects=objects, annotation=raw.annotation,
-        label=(target or objects[0]).label, box=(target or objects[0]).box,
+        image=raw.image,
+        width=width,
+        height=height,
+        objects=objects,
+        annotation=raw.annotation,
+        label=(target or objects[0]).label,
+        box=(target or objects[0]).box,
     )
     if unreadable is not None:
         out.problems.append(Problem(image_file, unreadable.kind, unreadable.detail))
         out.skipped = record
     elif target is None:
-        out.problems.append(Problem(
-            image_file, "multi_object", f"{len(objects)} objects and policy 'skip' leaves multi-object images out"
-        ))
+        out.problems.append(
+            Problem(
+                image_file, "multi_object", f"{len(objects)} objects and policy 'skip' leaves multi-object images out"
+            )
+        )
         out.skipped = record
     else:
         out.record = record

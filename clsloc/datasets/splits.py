@@ -23,7 +23,9 @@ def _by_label(records: list[Record]) -> dict[str, list[int]]:
     return dict(sorted(groups.items()))
 
 
-def stratified_split(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Record], list[Record]]:
+def stratified_split(
+    records: list[Record], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
     """Hold-out split: about ``val_fraction`` of each class goes to validation.
 
     Every class with at least 2 images gets at least one validation and one
@@ -57,7 +59,10 @@ def kfold_splits(records: list[Record], k: int = 5, seed: int = 0) -> list[tuple
             fold_of[members[position]] = (offset + j) % k
         offset += len(members)
     return [
-        ([r for i, r in enumerate(records) if fold_of[i] != fold], [r for i, r in enumerate(records) if fold_of[i] == fold])
+        (
+            [r for i, r in enumerate(records) if fold_of[i] != fold],
+            [r for i, r in enumerate(records) if fold_of[i] == fold],
+        )
         for fold in range(k)
     ]
 
@@ -74,10 +79,17 @@ def fingerprint(records: list[Record]) -> str:
             nbytes = r.image.stat().st_size
         except OSError:
             nbytes = -1
-        rows.append([
-            r.image.name, nbytes, r.width, r.height, r.label, [round(v, 2) for v in r.box],
-            [[o.label, [round(v, 2) for v in o.box]] for o in r.objects],
-        ])
+        rows.append(
+            [
+                r.image.name,
+                nbytes,
+                r.width,
+                r.height,
+                r.label,
+                [round(v, 2) for v in r.box],
+                [[o.label, [round(v, 2) for v in o.box]] for o in r.objects],
+            ]
+        )
     rows.sort(key=lambda row: json.dumps(row))
     digest = hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
     return f"sha256:{digest[:16]}"

@@ -74,7 +74,9 @@ def parse_voc_xml(xml_path: Path, index: ImageIndex) -> RawAnnotation | Problem:
     raw = RawAnnotation(annotation=name, image=None, image_name=filename or path_text or xml_path.stem)
     raw.image = index.find(filename, path_text, xml_path.stem)
     if raw.image is None and not (filename or path_text):
-        raw.problems.append(Problem(name, "missing_field", "no <filename> or <path>; looked for an image named like the XML file"))
+        raw.problems.append(
+            Problem(name, "missing_field", "no <filename> or <path>; looked for an image named like the XML file")
+        )
 
     width, height = _number(root.findtext("size/width")), _number(root.findtext("size/height"))
     raw.width = int(width) if width and width > 0 else None
@@ -87,13 +89,19 @@ def parse_voc_xml(xml_path: Path, index: ImageIndex) -> RawAnnotation | Problem:
             continue
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raw.problems.append(Problem(name, "missing_field", f"object {i} ({label}) has no <bndbox>; dropped", skipped=False))
+            raw.problems.append(
+                Problem(name, "missing_field", f"object {i} ({label}) has no <bndbox>; dropped", skipped=False)
+            )
             continue
         coords = {key: _number(bndbox.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")}
         bad = [key for key, value in coords.items() if value is None]
         if bad:
             values = ", ".join(f"{k}={bndbox.findtext(k)!r}" for k in bad)
-            raw.problems.append(Problem(name, "bad_box", f"object {i} ({label}): missing or non-numeric {values}; dropped", skipped=False))
+            raw.problems.append(
+                Problem(
+                    name, "bad_box", f"object {i} ({label}): missing or non-numeric {values}; dropped", skipped=False
+                )
+            )
             continue
         raw.objects.append((label, (coords["xmin"] - 1, coords["ymin"] - 1, coords["xmax"], coords["ymax"])))
     return raw

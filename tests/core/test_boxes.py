@@ -51,7 +51,9 @@ def test_clip_area_iou_by_hand():
     # 10x10 squares overlapping in a 5x10 strip: 50 / (100 + 100 - 50) = 1/3
     iou = box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
     np.testing.assert_allclose(iou, [[1 / 3, 0, 1]])
-    np.testing.assert_allclose(paired_iou([[0, 0, 10, 10], [0, 0, 2, 2]], [[5, 0, 15, 10], [0, 0, 1, 1]]), [1 / 3, 0.25])
+    np.testing.assert_allclose(
+        paired_iou([[0, 0, 10, 10], [0, 0, 2, 2]], [[5, 0, 15, 10], [0, 0, 1, 1]]), [1 / 3, 0.25]
+    )
     # two empty boxes: IoU 0, not NaN
     assert paired_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]).tolist() == [0.0]
 
@@ -124,7 +126,9 @@ def test_convert_matches_torchvision_and_roundtrips(boxes, fmt):
 @settings(max_examples=40, deadline=None)
 @given(valid_xyxy(), st.integers(1, 4000), st.integers(1, 4000))
 def test_normalize_denormalize_roundtrip_and_clip_bounds(boxes, width, height):
-    np.testing.assert_allclose(denormalize_boxes(normalize_boxes(boxes, width, height), width, height), boxes, rtol=1e-9)
+    np.testing.assert_allclose(
+        denormalize_boxes(normalize_boxes(boxes, width, height), width, height), boxes, rtol=1e-9
+    )
     clipped = clip_boxes(normalize_boxes(boxes, width, height))
     assert clipped.min() >= 0 and clipped.max() <= 1
     api = to_api_box(clipped[0], width, height)

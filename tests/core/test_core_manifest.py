@@ -10,10 +10,15 @@ from clsloc.preprocess import Preprocessing
 
 def make_manifest(**overrides) -> Manifest:
     fields = dict(
-        name="rk", version="20260101-abc", classes=["kangaroo", "raccoon"],
-        preprocessing=Preprocessing(size=(192, 160)), backbone="efficientnet_lite0",
-        data_fingerprint="sha256:0123", head={"attach": "map", "per_class": False},
-        metrics={"onnx": {"accuracy": 0.9}}, parity={"passed": True},
+        name="rk",
+        version="20260101-abc",
+        classes=["kangaroo", "raccoon"],
+        preprocessing=Preprocessing(size=(192, 160)),
+        backbone="efficientnet_lite0",
+        data_fingerprint="sha256:0123",
+        head={"attach": "map", "per_class": False},
+        metrics={"onnx": {"accuracy": 0.9}},
+        parity={"passed": True},
     )
     fields.update(overrides)
     return Manifest(**fields)

@@ -45,7 +45,13 @@ def test_iou_threshold_is_inclusive_and_class_without_images_is_none():
     # 10x10 GT, prediction 10x5 inside it: IoU exactly 0.5 -> counts as located
     report = evaluate(["cat"], ["cat"], [[0, 0, 10, 5]], [[("cat", (0, 0, 10, 10))]], ["cat", "dog", "fox"])
     assert report["loc_accuracy"] == 1.0
-    assert report["per_class"]["dog"] == {"n": 0, "accuracy": None, "mean_iou": None, "loc_accuracy": None, "gt_known_loc_accuracy": None}
+    assert report["per_class"]["dog"] == {
+        "n": 0,
+        "accuracy": None,
+        "mean_iou": None,
+        "loc_accuracy": None,
+        "gt_known_loc_accuracy": None,
+    }
     assert report["balanced_accuracy"] == 1.0  # over classes present only
 
 
@@ -58,7 +64,15 @@ def test_bad_inputs_are_clear():
 
 def test_evaluate_records_table_and_plot(tmp_path):
     records = [
-        Record(Path("a.jpg"), 100, 100, [GroundTruth("cat", (0, 0, 50, 50)), GroundTruth("cat", (50, 50, 100, 100))], "a.xml", "cat", (0, 0, 50, 50)),
+        Record(
+            Path("a.jpg"),
+            100,
+            100,
+            [GroundTruth("cat", (0, 0, 50, 50)), GroundTruth("cat", (50, 50, 100, 100))],
+            "a.xml",
+            "cat",
+            (0, 0, 50, 50),
+        ),
         Record(Path("b.jpg"), 100, 100, [GroundTruth("dog", (10, 10, 90, 90))], "b.xml", "dog", (10, 10, 90, 90)),
     ]
     report = evaluate_records(records, ["cat", "cat"], [[50, 50, 100, 100], [10, 10, 90, 90]])

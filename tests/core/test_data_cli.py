@@ -21,12 +21,14 @@ def test_synth_then_check_json(tmp_path, capsys):
 
 
 def test_check_counts_unreadable_images_and_lists_problems(voc_dataset, capsys):
-    root = voc_dataset({
-        "a": ([("cat", 1, 1, 30, 30), ("cat", 31, 1, 60, 30)], (64, 48)),
-        "b": ([("dog", 1, 1, 30, 30)], (64, 48)),
-        "c": ([("dog", 1, 1, 30, 30)], (64, 48)),
-        "d": ([("dog", 5, 5, 2, 30)], (64, 48)),
-    })
+    root = voc_dataset(
+        {
+            "a": ([("cat", 1, 1, 30, 30), ("cat", 31, 1, 60, 30)], (64, 48)),
+            "b": ([("dog", 1, 1, 30, 30)], (64, 48)),
+            "c": ([("dog", 1, 1, 30, 30)], (64, 48)),
+            "d": ([("dog", 5, 5, 2, 30)], (64, 48)),
+        }
+    )
     cut = root / "images" / "c.jpg"
     cut.write_bytes(cut.read_bytes()[:-40])
     assert main(["data", "check", str(root), "--json"]) == 0
@@ -59,14 +61,18 @@ def test_console_script_runs_without_traceback(tmp_path):
     """The installed command, in a subprocess: bad input gives a message and exit 1, not a traceback."""
     result = subprocess.run(
         [sys.executable, "-m", "clsloc.cli", "data", "check", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert "no such file or directory" in result.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "clsloc.cli", "data", "synth", str(tmp_path / "s"), "--classes", "40"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode == 2 and "classes must be between 1 and 10" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -13,12 +13,15 @@ def problem_kinds(dataset):
 
 # -- COCO -----------------------------------------------------------------------------------
 
+
 def coco(tmp_path, write_image, annotations, images=None, categories=None):
     root = tmp_path / "coco"
     write_image(root / "images" / "a.jpg", 100, 80)
     write_image(root / "images" / "b.jpg", 60, 60)
     doc = {
-        "images": images if images is not None else [
+        "images": images
+        if images is not None
+        else [
             {"id": 1, "file_name": "a.jpg", "width": 100, "height": 80},
             {"id": 2, "file_name": "train/b.jpg", "width": 60, "height": 60},  # path that is not there: matched by name
         ],
@@ -31,11 +34,15 @@ def coco(tmp_path, write_image, annotations, images=None, categories=None):
 
 
 def test_coco_top_left_xywh(tmp_path, write_image):
-    root, path = coco(tmp_path, write_image, [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
-        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5]},
-        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [1.5, 2.5, 10, 20]},
-    ])
+    root, path = coco(
+        tmp_path,
+        write_image,
+        [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5]},
+            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [1.5, 2.5, 10, 20]},
+        ],
+    )
     assert detect_format(root) == ("coco", path)
     assert detect_format(path) == ("coco", path)
     data = load_dataset(path)
@@ -47,17 +54,28 @@ def test_coco_top_left_xywh(tmp_path, write_image):
 
 
 def test_coco_malformed(tmp_path, write_image):
-    root, path = coco(tmp_path, write_image, [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
-        {"id": 2, "image_id": 1, "category_id": 99, "bbox": [0, 0, 5, 5]},  # unknown category
-        {"id": 3, "image_id": 5, "category_id": 1, "bbox": [0, 0, 5, 5]},  # unknown image
-        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [1, 2, "x"]},  # bad bbox
-        {"id": 5, "image_id": 2, "category_id": 1, "bbox": [10, 10, -5, 10]},  # negative width
-        "nonsense",
-    ])
+    root, path = coco(
+        tmp_path,
+        write_image,
+        [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
+            {"id": 2, "image_id": 1, "category_id": 99, "bbox": [0, 0, 5, 5]},  # unknown category
+            {"id": 3, "image_id": 5, "category_id": 1, "bbox": [0, 0, 5, 5]},  # unknown image
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [1, 2, "x"]},  # bad bbox
+            {"id": 5, "image_id": 2, "category_id": 1, "bbox": [10, 10, -5, 10]},  # negative width
+            "nonsense",
+        ],
+    )
     data = load_dataset(path)
     assert [r.image.name for r in data.records] == ["a.jpg"]
-    assert problem_kinds(data) == ["bad_annotation", "bad_annotation", "bad_box", "bad_box", "empty_annotation", "unknown_class"]
+    assert problem_kinds(data) == [
+        "bad_annotation",
+        "bad_annotation",
+        "bad_box",
+        "bad_box",
+        "empty_annotation",
+        "unknown_class",
+    ]
     unknown = next(p for p in data.problems if p.kind == "unknown_class")
     assert "99" in unknown.detail and "annotations[1]" in unknown.file
 
@@ -75,6 +93,7 @@ def test_coco_unusable_file_is_a_clear_error(tmp_path, content, message):
 
 
 # -- YOLO ----------------------------------------------------------------------------------
+
 
 def test_yolo_ultralytics_layout_with_data_yaml(tmp_path, write_image):
     root = tmp_path / "yolo"
@@ -138,6 +157,7 @@ def test_yolo_bad_names_file(tmp_path, write_image):
 
 # -- CSV -----------------------------------------------------------------------------------
 
+
 def test_csv_xml_to_csv_layout(tmp_path, write_image):
     write_image(tmp_path / "images" / "a.jpg", 100, 80)
     write_image(tmp_path / "images" / "b.jpg", 50, 50)
@@ -186,10 +206,13 @@ def test_csv_bad_rows_and_missing_columns(tmp_path, write_image):
 
 # -- merging ---------------------------------------------------------------------------------
 
+
 def test_merge_formats_and_keep_going_after_a_bad_path(tmp_path, write_image, voc_dataset):
     voc_root = voc_dataset({"v": ([("bird", 1, 1, 30, 30)], (64, 48))})
     write_image(tmp_path / "csvdata" / "c.jpg", 40, 40)
-    (tmp_path / "csvdata" / "l.csv").write_text("filename,width,height,class,xmin,ymin,xmax,ymax\nc.jpg,40,40,fish,1,1,20,20\n")
+    (tmp_path / "csvdata" / "l.csv").write_text(
+        "filename,width,height,class,xmin,ymin,xmax,ymax\nc.jpg,40,40,fish,1,1,20,20\n"
+    )
     data = load_dataset([voc_root, tmp_path / "csvdata"])
     assert data.classes == ["bird", "fish"]
     assert [s.split(":")[0] for s in data.sources] == ["voc", "csv"]

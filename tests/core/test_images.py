@@ -34,6 +34,7 @@ def marked_image(width=40, height=20) -> Image.Image:
 
 def huge_png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims a huge size: refused before any pixel is decoded."""
+
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
@@ -90,7 +91,12 @@ def test_cmyk_and_16_bit():
 
 @pytest.mark.parametrize(
     "orientation, shape, top_left",
-    [(1, (20, 40, 3), [255, 0, 0]), (3, (20, 40, 3), [0, 0, 255]), (6, (40, 20, 3), [255, 0, 0]), (8, (40, 20, 3), [0, 0, 255])],
+    [
+        (1, (20, 40, 3), [255, 0, 0]),
+        (3, (20, 40, 3), [0, 0, 255]),
+        (6, (40, 20, 3), [255, 0, 0]),
+        (8, (40, 20, 3), [0, 0, 255]),
+    ],
 )
 def test_exif_orientation_applied(orientation, shape, top_left):
     data = encode(marked_image(), "JPEG", quality=95, exif=exif_orientation(orientation))

@@ -25,9 +25,22 @@ pytestmark = pytest.mark.slow
 def build_wheel(source: Path, out: Path) -> Path:
     """``pip wheel`` offline (setuptools from this environment), no dependencies."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out),
-         str(source)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = out.glob("*.whl")
     return wheel
@@ -37,10 +50,15 @@ def installed_top_level(wheel: Path, venv: Path) -> set[str]:
     """Install ``wheel`` (no dependencies) into a fresh venv; the names it added to site-packages."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     site = next((venv / "lib").glob("python3*/site-packages"))
-    before = set(p.name for p in site.iterdir())
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True, text=True, timeout=300)
-    added = set(p.name for p in site.iterdir()) - before
+    before = {p.name for p in site.iterdir()}
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    added = {p.name for p in site.iterdir()} - before
     return {name for name in added if not name.endswith((".dist-info", ".pth")) and name != "__pycache__"}
 
 

@@ -13,7 +13,9 @@ def make_records(counts: dict[str, int]) -> list[Record]:
     for label, n in counts.items():
         for i in range(n):
             box = (1.0, 2.0, 30.0, 40.0 + i)
-            records.append(Record(Path(f"/data/{label}_{i}.jpg"), 64, 64, [GroundTruth(label, box)], "a.xml", label, box))
+            records.append(
+                Record(Path(f"/data/{label}_{i}.jpg"), 64, 64, [GroundTruth(label, box)], "a.xml", label, box)
+            )
     return records
 
 

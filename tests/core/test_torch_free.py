@@ -55,13 +55,24 @@ PROBE = textwrap.dedent(
 
 def test_clsloc_and_serving_import_without_torch():
     result = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, cwd=REPO,
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
         env={"BENTOML_DO_NOT_TRACK": "true", "PATH": "/usr/bin:/bin", "HOME": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # the walk really covered the core (and serving, whatever of it exists)
-    for module in ("clsloc.boxes", "clsloc.images", "clsloc.datasets.voc", "clsloc.metrics", "clsloc.synth", "clsloc.data_cli"):
+    for module in (
+        "clsloc.boxes",
+        "clsloc.images",
+        "clsloc.datasets.voc",
+        "clsloc.metrics",
+        "clsloc.synth",
+        "clsloc.data_cli",
+    ):
         assert module in report["modules"], report
     assert "clsloc.serving" in report["modules"], report["failures"]
     assert report["failures"] == {}, json.dumps(report["failures"], indent=2)

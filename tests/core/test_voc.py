@@ -13,10 +13,12 @@ def kinds(dataset: Dataset) -> dict[str, list[str]]:
 
 
 def test_reads_any_folder_names_and_matches_images_by_name(voc_dataset):
-    root = voc_dataset({
-        "a": ([("cat", 1, 1, 64, 48)], (64, 48)),
-        "b": ([("dog", 11, 6, 30, 20)], (64, 48)),
-    })
+    root = voc_dataset(
+        {
+            "a": ([("cat", 1, 1, 64, 48)], (64, 48)),
+            "b": ([("dog", 11, 6, 30, 20)], (64, 48)),
+        }
+    )
     assert detect_format(root)[0] == "voc"
     data = load_dataset(root)
     assert data.problems == []
@@ -71,14 +73,16 @@ def test_multi_object_policies_keep_all_objects(voc_dataset):
 
 
 def test_bad_boxes_are_reported_never_raised(voc_dataset):
-    root = voc_dataset({
-        "inverted": ([("cat", 30, 10, 10, 40)], (64, 48)),  # xmax < xmin
-        "zero": ([("cat", 10, 10, 9, 30)], (64, 48)),  # zero width after conversion
-        "far": ([("cat", -20, 1, 64, 48)], (64, 48)),  # reaches 21 px left of the image: clipped, kept
-        "slight": ([("cat", 0, 1, 65, 48)], (64, 48)),  # 1 px over (common rounding): silently clipped
-        "outside": ([("cat", 100, 100, 120, 120)], (64, 48)),  # nothing inside the image
-        "mixed": ([("cat", 5, 5, 4, 20), ("dog", 1, 1, 20, 20)], (64, 48)),  # bad box dropped, good one kept
-    })
+    root = voc_dataset(
+        {
+            "inverted": ([("cat", 30, 10, 10, 40)], (64, 48)),  # xmax < xmin
+            "zero": ([("cat", 10, 10, 9, 30)], (64, 48)),  # zero width after conversion
+            "far": ([("cat", -20, 1, 64, 48)], (64, 48)),  # reaches 21 px left of the image: clipped, kept
+            "slight": ([("cat", 0, 1, 65, 48)], (64, 48)),  # 1 px over (common rounding): silently clipped
+            "outside": ([("cat", 100, 100, 120, 120)], (64, 48)),  # nothing inside the image
+            "mixed": ([("cat", 5, 5, 4, 20), ("dog", 1, 1, 20, 20)], (64, 48)),  # bad box dropped, good one kept
+        }
+    )
     data = load_dataset(root)
     found = kinds(data)
     img = lambda stem: str(root / "images" / f"{stem}.jpg")  # noqa: E731
@@ -102,7 +106,9 @@ def test_malformed_files_become_problems(tmp_path, write_image, voc_xml):
         write_image(root / "images" / f"{stem}.jpg")
     (ann / "ok.xml").write_text(voc_xml("ok.jpg", [("cat", 1, 1, 10, 10)]))
     (ann / "broken.xml").write_text("<annotation><filename>broken.jpg</filename><object>")
-    (ann / "nobox.xml").write_text("<annotation><filename>nobox.jpg</filename><object><name>cat</name></object></annotation>")
+    (ann / "nobox.xml").write_text(
+        "<annotation><filename>nobox.jpg</filename><object><name>cat</name></object></annotation>"
+    )
     (ann / "noname.xml").write_text(voc_xml("noname.jpg", [("", 1, 1, 10, 10)]))
     (ann / "nan.xml").write_text(voc_xml("nan.jpg", [("cat", "abc", 1, 10, 10)]))
     (ann / "notvoc.xml").write_text("<svg></svg>")

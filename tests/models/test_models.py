@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from clsloc.preprocess import LITE_MEAN, LITE_STD
 from clsloc.models import BackboneError, ExportWrapper, build_model, select_boxes
 from clsloc.models.backbones import lite_checkpoint_path, load_lite_imagenet, trunk_stages
+from clsloc.preprocess import LITE_MEAN, LITE_STD
 
 torch.set_num_threads(2)
 
@@ -19,7 +19,9 @@ def test_lite_port_matches_reference_implementation(variant):
     torch.manual_seed(variant)
     size = {0: 224, 1: 240, 2: 260}[variant]
     x = torch.rand(2, 3, size, size) * 2 - 1  # the [-1, 1] range these TF ports expect
-    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(lite_checkpoint_path(variant)))
+    reference = EfficientNet.from_pretrained(
+        f"efficientnet-lite{variant}", weights_path=str(lite_checkpoint_path(variant))
+    )
     ours = load_lite_imagenet(variant).eval()
     with torch.no_grad():
         expected, got = reference.eval()(x), ours(x)

@@ -91,8 +91,10 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> No
     from clsloc_client import Client
 
     with Client(url) as client:
-        client.wait_ready(timeout, abort=lambda: (
-            f"server exited with code {process.returncode}" if process.poll() is not None else None))
+        client.wait_ready(
+            timeout,
+            abort=lambda: f"server exited with code {process.returncode}" if process.poll() is not None else None,
+        )
 
 
 @contextlib.contextmanager
@@ -111,8 +113,11 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home), **(env or {})},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env={**os.environ, "BENTOML_HOME": str(home), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         try:

@@ -61,7 +61,9 @@ def write_oracle_model(out: Path, *, name: str = "oracle", version: str = "1") -
     out.mkdir(parents=True, exist_ok=True)
     preprocessing = Preprocessing(size=INPUT_SIZE)
     export_onnx(build_oracle(), out / "model.onnx", INPUT_SIZE)
-    Manifest(name=name, version=version, classes=list(CLASSES), preprocessing=preprocessing, backbone="oracle").save(out)
+    Manifest(name=name, version=version, classes=list(CLASSES), preprocessing=preprocessing, backbone="oracle").save(
+        out
+    )
     return out
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import oracle
 import pytest
 
-import oracle
 from clsloc.serving.batcher import MicroBatcher
 from clsloc.serving.engine import Engine
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, free_port, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -24,8 +23,17 @@ def bentoml_home(tmp_path, oracle_dir):
     home = tmp_path / "bentoml-home"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     store = subprocess.run(
-        [sys.executable, "-c", "import sys; from clsloc.training.export import store_in_bentoml; print(store_in_bentoml(sys.argv[1], 'clsloc-build-test'))", str(oracle_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from clsloc.training.export import store_in_bentoml; print(store_in_bentoml(sys.argv[1], 'clsloc-build-test'))",
+            str(oracle_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert store.returncode == 0, store.stderr
     return env, store.stdout.strip().splitlines()[-1]
@@ -36,16 +44,28 @@ def wheel_requirements(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as zf:
         metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         lines = zf.read(metadata).decode().splitlines()
-    return {re.split(r"[<>=!~\[ ;(]", line.split(":", 1)[1].strip())[0].lower()
-            for line in lines if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    return {
+        re.split(r"[<>=!~\[ ;(]", line.split(":", 1)[1].strip())[0].lower()
+        for line in lines
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    }
 
 
 def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home, tmp_path):
     env, tag = bentoml_home
     env = {**env, "CLSLOC_MODEL": tag, "PIP_NO_INDEX": "1"}  # offline: nothing may be fetched
-    wheel = subprocess.run(["make", "--old-file", ".venv/.installed", "wheel"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    wheel = subprocess.run(
+        ["make", "--old-file", ".venv/.installed", "wheel"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert wheel.returncode == 0, wheel.stdout[-2000:] + wheel.stderr[-2000:]
-    built = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     bento_tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     name, version = bento_tag.split(":")
@@ -66,13 +86,19 @@ def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home
 
     # The Bento serves: `bentoml serve NAME:VERSION` runs from its own src/ copy.
     port = free_port()
-    process = subprocess.Popen([BENTOML, "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [BENTOML, "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
-        from clsloc_client import Client
-
         import oracle
+
+        from clsloc_client import Client
 
         with Client(f"http://127.0.0.1:{port}") as client:
             assert client.predict(oracle.object_image("green", (10, 10, 50, 50)))["label"] == "green"

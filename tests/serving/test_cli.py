@@ -47,7 +47,9 @@ def test_unknown_name_and_version_are_clear_errors(stored_oracle):
 
 
 def test_serve_command_refuses_a_directory_that_is_not_a_model(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "clsloc.cli", "serve", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "clsloc.cli", "serve", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "not a model directory" in result.stderr and "Traceback" not in result.stderr
 
@@ -55,8 +57,9 @@ def test_serve_command_refuses_a_directory_that_is_not_a_model(tmp_path):
 @pytest.mark.slow
 def test_default_model_is_made_on_synthetic_data_when_the_store_has_none(monkeypatch, capfd):
     # A small recipe: the real default differs only in size (DEFAULT_RECIPE).
-    monkeypatch.setattr(cli, "DEFAULT_RECIPE",
-                        {"images": 24, "classes": 2, "epochs": 1, "image_size": 64, "cache_views": 2})
+    monkeypatch.setattr(
+        cli, "DEFAULT_RECIPE", {"images": 24, "classes": 2, "epochs": 1, "image_size": 64, "cache_views": 2}
+    )
     monkeypatch.setattr(cli, "DEFAULT_MODEL", "clsloc-default-test")
     tag = cli.resolve_model("clsloc-default-test")
     assert tag.startswith("clsloc-default-test:")

@@ -6,9 +6,9 @@ import json
 import shutil
 
 import numpy as np
+import oracle
 import pytest
 
-import oracle
 from clsloc.images import ImageError
 from clsloc.serving.engine import CUDA, Engine, EngineError
 
@@ -22,7 +22,9 @@ def close_box(box: dict, expected_xywh, tol: float) -> bool:
     return all(abs(box[k] - v) <= tol for k, v in zip("xywh", expected_xywh))
 
 
-@pytest.mark.parametrize("label,box", [("red", (40, 30, 50, 40)), ("green", (5, 60, 100, 50)), ("blue", (100, 10, 55, 100))])
+@pytest.mark.parametrize(
+    "label,box", [("red", (40, 30, 50, 40)), ("green", (5, 60, 100, 50)), ("blue", (100, 10, 55, 100))]
+)
 def test_label_score_and_pixel_box(engine, label, box):
     prediction = engine.predict(oracle.object_image(label, box))
     assert prediction.label == label
@@ -113,8 +115,14 @@ def test_refuses_input_size_that_disagrees_with_preprocessing(tmp_path):
 
     model_dir = tmp_path / "fixed"
     model_dir.mkdir()
-    torch.onnx.export(Fixed(), (torch.zeros(1, 3, 64, 64),), str(model_dir / "model.onnx"),
-                      input_names=["image"], output_names=["logits", "boxes"], dynamo=False)
+    torch.onnx.export(
+        Fixed(),
+        (torch.zeros(1, 3, 64, 64),),
+        str(model_dir / "model.onnx"),
+        input_names=["image"],
+        output_names=["logits", "boxes"],
+        dynamo=False,
+    )
     Manifest("fixed", "1", ["a", "b", "c"], Preprocessing(size=(96, 96)), "none").save(model_dir)
     with pytest.raises(EngineError, match="input height is 64 in the graph but 96 in the manifest"):
         Engine(model_dir)

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def clsloc(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clsloc.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "clsloc.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +26,21 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-run")
     synth = clsloc("data", "synth", str(root / "synth"), "--images", "30", "--classes", "3", "--seed", "1")
     assert synth.returncode == 0, synth.stderr
-    train = clsloc("train", str(root / "synth"), "--out", str(root / "run"), "--epochs", "1", "--finetune-epochs", "0",
-                   "--image-size", "64", "--threads", "1", "--quiet")
+    train = clsloc(
+        "train",
+        str(root / "synth"),
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--quiet",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     return root / "run"
 
@@ -192,9 +207,24 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
     from clsloc.training.export import export_run
 
     assert clsloc("data", "synth", str(tmp_path / "synth"), "--images", "24", "--classes", "2").returncode == 0
-    train = clsloc("train", str(tmp_path / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1",
-                   "--finetune-epochs", "0", "--image-size", "64", "--threads", "1", "--quiet",
-                   "--box-bins", "8", "--tta")
+    train = clsloc(
+        "train",
+        str(tmp_path / "synth"),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--quiet",
+        "--box-bins",
+        "8",
+        "--tta",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)  # raises if parity fails
     model, config = load_run(tmp_path / "run")

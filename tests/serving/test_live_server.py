@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 
-import pytest
-
 import oracle
+import pytest
 from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
+
 from clsloc_client import AsyncClient, Client, ClsLocError
 
 pytestmark = pytest.mark.slow
@@ -30,9 +30,8 @@ def test_sync_client_against_the_real_server(live_server, tmp_path):
 
 
 def test_client_raises_typed_errors_with_status_and_detail(live_server):
-    with Client(live_server) as client:
-        with pytest.raises(ClsLocError) as caught:
-            client.predict(b"definitely not an image")
+    with Client(live_server) as client, pytest.raises(ClsLocError) as caught:
+        client.predict(b"definitely not an image")
     assert caught.value.status == 400
     assert caught.value.error == "not_an_image"
     assert "not a recognizable image" in caught.value.detail
@@ -52,8 +51,12 @@ def test_async_client_concurrent_requests(live_server):
     async def main():
         async with AsyncClient(live_server) as client:
             assert await client.health()
-            answers = await asyncio.gather(*(client.predict(oracle.object_image(l, (20, 20, 60, 50))) for l in labels))
-            batch = await asyncio.gather(*(client.predict_batch([oracle.object_image(l, (5, 5, 30, 30))]) for l in labels))
+            answers = await asyncio.gather(
+                *(client.predict(oracle.object_image(label, (20, 20, 60, 50))) for label in labels)
+            )
+            batch = await asyncio.gather(
+                *(client.predict_batch([oracle.object_image(label, (5, 5, 30, 30))]) for label in labels)
+            )
             return answers, batch
 
     answers, batch = asyncio.run(main())
@@ -73,10 +76,9 @@ def test_metrics_endpoint_of_the_real_server(live_server):
 @pytest.mark.parametrize("access_log", ["1", "0"])
 def test_access_log_lines_for_requests_never_for_probes(oracle_dir, tmp_path, access_log):
     log = tmp_path / "server.log"
-    with running_server(str(oracle_dir), env={"CLSLOC_ACCESS_LOG": access_log}, log=log) as url:
-        with Client(url) as client:
-            client.wait_ready(30)
-            assert client.predict(oracle.object_image("red", (10, 10, 40, 40)))["label"] == "red"
+    with running_server(str(oracle_dir), env={"CLSLOC_ACCESS_LOG": access_log}, log=log) as url, Client(url) as client:
+        client.wait_ready(30)
+        assert client.predict(oracle.object_image("red", (10, 10, 40, 40)))["label"] == "red"
     text = log.read_text()
     assert "path=/readyz" not in text  # polled above and by the start-up wait
     assert ("path=/predict" in text) == (access_log == "1"), text[-2000:]

@@ -6,10 +6,9 @@ import io
 import re
 
 import numpy as np
+import oracle
 import pytest
 from PIL import Image
-
-import oracle
 
 RED = oracle.object_image("red", (40, 30, 50, 40))
 
@@ -47,8 +46,15 @@ def test_predict_returns_label_score_box_size_and_model(make_client):
 
 def test_predict_batch_keeps_request_order_and_survives_a_bad_image(make_client):
     client = make_client()
-    images = [oracle.object_image("green", (5, 5, 30, 30)), b"garbage", RED, oracle.object_image("blue", (90, 60, 40, 40))]
-    response = client.post("/predict_batch", files=[("images", (f"{i}.png", d, "image/png")) for i, d in enumerate(images)])
+    images = [
+        oracle.object_image("green", (5, 5, 30, 30)),
+        b"garbage",
+        RED,
+        oracle.object_image("blue", (90, 60, 40, 40)),
+    ]
+    response = client.post(
+        "/predict_batch", files=[("images", (f"{i}.png", d, "image/png")) for i, d in enumerate(images)]
+    )
     assert response.status_code == 200
     results = response.json()
     assert [r.get("label") for r in results] == ["green", None, "red", "blue"]
@@ -88,7 +94,9 @@ def test_too_large_batch_body_is_413(make_client):
     # within the body limit, an image over the per-image limit is one 413 item; the others are scored
     small = oracle.object_image("red", (2, 2, 10, 10), size=(20, 20))
     assert len(small) < 1000
-    results = client.post("/predict_batch", files=[("images", ("a.png", small)), ("images", ("b.png", b"\x00" * 5000))]).json()
+    results = client.post(
+        "/predict_batch", files=[("images", ("a.png", small)), ("images", ("b.png", b"\x00" * 5000))]
+    ).json()
     assert results[0]["label"] == "red" and (results[1]["error"], results[1]["status"]) == ("too_large", 413)
 
 
@@ -110,11 +118,17 @@ def test_too_many_pixels_is_413(make_client):
     "kwargs,detail",
     [
         ({"files": {"picture": ("a.png", RED, "image/png")}}, "fields sent: ['picture']"),
-        ({"files": {"image": ("a.png", RED, "image/png"), "extra": ("b.png", RED, "image/png")}}, "unexpected field(s): extra"),
+        (
+            {"files": {"image": ("a.png", RED, "image/png"), "extra": ("b.png", RED, "image/png")}},
+            "unexpected field(s): extra",
+        ),
         ({"data": {"image": "not a file"}, "files": {"image": ("a.png", RED)}}, "was sent as text"),
         ({"json": {"image": "aGVsbG8="}}, "got Content-Type 'application/json'"),
         ({"content": b"\x89PNG raw bytes", "headers": {"content-type": "image/png"}}, "got Content-Type 'image/png'"),
-        ({"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}}, "expected multipart"),
+        (
+            {"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            "expected multipart",
+        ),
     ],
     ids=["wrong-field", "extra-field", "text-field", "json-body", "raw-body", "broken-multipart"],
 )
@@ -128,13 +142,17 @@ def test_malformed_batch_request_is_400_json(make_client):
     assert_error(client.post("/predict_batch", files={"image": ("a.png", RED)}), 400, "invalid_request", "'images'")
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic c2VjcmV0", "Bearer"], ids=["missing", "wrong", "basic", "empty"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong-key", "Basic c2VjcmV0", "Bearer"], ids=["missing", "wrong", "basic", "empty"]
+)
 def test_api_key_required_when_set(make_client, header):
     client = make_client(api_key="s3cret")
     headers = {"Authorization": header} if header else {}
     assert_error(client.post("/predict", files=upload(RED), headers=headers), 401, "unauthorized")
     assert_error(client.get("/model", headers=headers), 401, "unauthorized")
-    assert_error(client.post("/predict_batch", files=[("images", ("a.png", RED))], headers=headers), 401, "unauthorized")
+    assert_error(
+        client.post("/predict_batch", files=[("images", ("a.png", RED))], headers=headers), 401, "unauthorized"
+    )
     ok = client.post("/predict", files=upload(RED), headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["label"] == "red"
     assert client.get("/livez").status_code == 200  # probes stay open for the orchestrator
@@ -172,6 +190,15 @@ def test_metrics_count_predictions_per_label_and_rejections_per_reason(make_clie
     client.post("/predict", files=upload(b"nope"), headers=auth)
     client.post("/predict", files=upload(RED))  # no key
     after = client.get("/metrics").text
-    assert counter(after, "clsloc_predictions_total", label="blue") == counter(before, "clsloc_predictions_total", label="blue") + 1
-    assert counter(after, "clsloc_rejected_total", reason="not_an_image") == counter(before, "clsloc_rejected_total", reason="not_an_image") + 1
-    assert counter(after, "clsloc_rejected_total", reason="unauthorized") == counter(before, "clsloc_rejected_total", reason="unauthorized") + 1
+    assert (
+        counter(after, "clsloc_predictions_total", label="blue")
+        == counter(before, "clsloc_predictions_total", label="blue") + 1
+    )
+    assert (
+        counter(after, "clsloc_rejected_total", reason="not_an_image")
+        == counter(before, "clsloc_rejected_total", reason="not_an_image") + 1
+    )
+    assert (
+        counter(after, "clsloc_rejected_total", reason="unauthorized")
+        == counter(before, "clsloc_rejected_total", reason="unauthorized") + 1
+    )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 import oracle
+import pytest
 
 
 @pytest.fixture
@@ -35,8 +34,13 @@ def test_predict_method_answers_bad_input_with_a_4xx_response(service, tmp_path)
 
 def test_predict_batch_method(service, tmp_path):
     paths = []
-    for i, (label, data) in enumerate([("red", oracle.object_image("red", (1, 1, 40, 40))), (None, b"x"),
-                                       ("blue", oracle.object_image("blue", (100, 70, 40, 40)))]):
+    for i, (_label, data) in enumerate(
+        [
+            ("red", oracle.object_image("red", (1, 1, 40, 40))),
+            (None, b"x"),
+            ("blue", oracle.object_image("blue", (100, 70, 40, 40))),
+        ]
+    ):
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(data)
     results = service.predict_batch(paths)

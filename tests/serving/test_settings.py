@@ -15,17 +15,39 @@ def test_defaults():
 
 
 def test_overrides():
-    settings = Settings.from_env({"CLSLOC_MODEL": " m:1 ", "CLSLOC_MAX_BYTES": "1000", "CLSLOC_API_KEY": "k",
-                                  "CLSLOC_THREADS": "3", "CLSLOC_WORKERS": "2", "CLSLOC_MAX_PIXELS": "5e6",
-                                  "CLSLOC_MAX_BATCH": "4", "CLSLOC_ACCESS_LOG": "off"})
+    settings = Settings.from_env(
+        {
+            "CLSLOC_MODEL": " m:1 ",
+            "CLSLOC_MAX_BYTES": "1000",
+            "CLSLOC_API_KEY": "k",
+            "CLSLOC_THREADS": "3",
+            "CLSLOC_WORKERS": "2",
+            "CLSLOC_MAX_PIXELS": "5e6",
+            "CLSLOC_MAX_BATCH": "4",
+            "CLSLOC_ACCESS_LOG": "off",
+        }
+    )
     assert settings.access_log is False
-    assert (settings.model, settings.max_bytes, settings.api_key, settings.threads, settings.workers, settings.max_pixels,
-            settings.max_batch) == ("m:1", 1000, "k", 3, 2, 5_000_000, 4)
+    assert (
+        settings.model,
+        settings.max_bytes,
+        settings.api_key,
+        settings.threads,
+        settings.workers,
+        settings.max_pixels,
+        settings.max_batch,
+    ) == ("m:1", 1000, "k", 3, 2, 5_000_000, 4)
 
 
-@pytest.mark.parametrize("name,value,message", [("CLSLOC_MAX_BYTES", "lots", "is not a number"), ("CLSLOC_WORKERS", "0", "must be positive"),
-                                                ("CLSLOC_MAX_BATCH", "0", "must be positive"),
-                                                ("CLSLOC_ACCESS_LOG", "maybe", "is not one of")])
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("CLSLOC_MAX_BYTES", "lots", "is not a number"),
+        ("CLSLOC_WORKERS", "0", "must be positive"),
+        ("CLSLOC_MAX_BATCH", "0", "must be positive"),
+        ("CLSLOC_ACCESS_LOG", "maybe", "is not one of"),
+    ],
+)
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}={value!r} {message}"):
         Settings.from_env({name: value})

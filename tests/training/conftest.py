@@ -47,8 +47,15 @@ def tiny_config():
 
     def make(datasets, **overrides):
         base = dict(
-            datasets=[str(d) for d in datasets], backbone="resnet18", pretrained=False, image_size=64,
-            epochs=3, finetune_epochs=1, batch_size=8, patience=0, threads=1,
+            datasets=[str(d) for d in datasets],
+            backbone="resnet18",
+            pretrained=False,
+            image_size=64,
+            epochs=3,
+            finetune_epochs=1,
+            batch_size=8,
+            patience=0,
+            threads=1,
         )
         base.update(overrides)
         return TrainConfig(**base)

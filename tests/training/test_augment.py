@@ -68,7 +68,9 @@ def test_crop_never_cuts_the_target_box():
         torch.manual_seed(seed)
         x0, y0 = int(torch.randint(0, 350, ())), int(torch.randint(0, 250, ()))
         box = [x0, y0, x0 + int(torch.randint(1, 400 - x0, ())), y0 + int(torch.randint(1, 300 - y0, ()))]
-        boxes = tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(300, 400))
+        boxes = tv_tensors.BoundingBoxes(
+            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(300, 400)
+        )
         out_image, out_boxes = crop(image, boxes)
         h, w = out_boxes.canvas_size
         assert out_image.shape[-2:] == (h, w)
@@ -87,8 +89,15 @@ def _one_object_record(tmp_path):
 
     path = tmp_path / "a.png"
     Image.fromarray(_scene(160, 120, (30, 20, 100, 90))).save(path)
-    return Record(image=path, width=160, height=120, objects=[GroundTruth("a", (30, 20, 100, 90))],
-                  annotation="a.xml", label="a", box=(30.0, 20.0, 100.0, 90.0))
+    return Record(
+        image=path,
+        width=160,
+        height=120,
+        objects=[GroundTruth("a", (30, 20, 100, 90))],
+        annotation="a.xml",
+        label="a",
+        box=(30.0, 20.0, 100.0, 90.0),
+    )
 
 
 def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
@@ -114,7 +123,7 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
     assert torch.equal(xv, xv2) and torch.equal(boxv, boxv2)
     xa, _, boxa = AugmentedDataset([record], store, {"a": 0})[0]
     assert xa.shape == (3, 64, 64) and xa.dtype == torch.float32
-    assert 0 <= float(boxa.min()) and float(boxa.max()) <= 1
+    assert float(boxa.min()) >= 0 and float(boxa.max()) <= 1
 
 
 def test_augmented_cached_views_follow_the_crop_options(tmp_path):
@@ -131,8 +140,11 @@ def test_augmented_cached_views_follow_the_crop_options(tmp_path):
 
     for b in view_boxes((0.0, 0.7)):
         assert np.allclose(b, box, atol=1e-6) or np.allclose(b, mirror_boxes(box), atol=1e-6)
-    cropped = [b for b in view_boxes((1.0, 0.5))
-               if not (np.allclose(b, box, atol=1e-3) or np.allclose(b, mirror_boxes(box), atol=1e-3))]
+    cropped = [
+        b
+        for b in view_boxes((1.0, 0.5))
+        if not (np.allclose(b, box, atol=1e-3) or np.allclose(b, mirror_boxes(box), atol=1e-3))
+    ]
     assert len(cropped) >= 8  # every view crops (p=1) to 0.5-1x the side: the box moves unless nothing is cut
 
     # the feature cache keeps views of different crop settings apart
@@ -160,8 +172,17 @@ def _records_of_scenes(tmp_path, n: int):
         box = (5 + 3 * k, 8 + 2 * k, 60 + 5 * k, 70 + 3 * k)
         path = tmp_path / f"s{k}.png"
         Image.fromarray(_scene(width, height, box)).save(path)
-        records.append(Record(image=path, width=width, height=height, objects=[GroundTruth("a", box)],
-                              annotation=f"s{k}.xml", label="a", box=tuple(map(float, box))))
+        records.append(
+            Record(
+                image=path,
+                width=width,
+                height=height,
+                objects=[GroundTruth("a", box)],
+                annotation=f"s{k}.xml",
+                label="a",
+                box=tuple(map(float, box)),
+            )
+        )
     return records
 
 
@@ -181,8 +202,11 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
     def one_by_one(i):  # the plain way: torchvision's transforms called on the image and its box
         sample = store[records[i]]
         h, w = sample.large.shape[:2]
-        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
-                                         format="XYXY", canvas_size=(h, w))
+        boxes = tv_tensors.BoundingBoxes(
+            torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
+            format="XYXY",
+            canvas_size=(h, w),
+        )
         image = tv_tensors.Image(torch.from_numpy(sample.large.copy()).permute(2, 0, 1).contiguous())
         image, boxes = data.transform(image, boxes)
         resized = torch.from_numpy(np.array(pre.resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))))
@@ -212,7 +236,7 @@ def _photo_like(height: int, width: int, seed: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
     rgb = np.stack([255 * x, 255 * y, 255 * (1 - x * y)], axis=-1) + rng.normal(0, 25, (height, width, 3))
     rgb[: height // 4, : width // 4] = (250, 250, 250)  # a bright patch: clipping at 255
-    rgb[-height // 5:, -width // 5:] = (3, 40, 2)  # a dark one: clipping at 0
+    rgb[-height // 5 :, -width // 5 :] = (3, 40, 2)  # a dark one: clipping at 0
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
@@ -225,8 +249,10 @@ def test_colour_jitter_on_arrays_is_torchvisions_bit_for_bit():
 
     from clsloc.training.data import colour_transform, jitter_colour
 
-    jitters = [colour_transform(), v2.ColorJitter(brightness=(0.0, 2.5), contrast=(0.0, 2.5), saturation=(0.0, 3.0),
-                                                 hue=0.5)]
+    jitters = [
+        colour_transform(),
+        v2.ColorJitter(brightness=(0.0, 2.5), contrast=(0.0, 2.5), saturation=(0.0, 3.0), hue=0.5),
+    ]
     torch.manual_seed(0)
     orders = set()
     for k in range(120):
@@ -255,16 +281,27 @@ def test_geometric_steps_without_a_numpy_path_run_torchvisions_kernels():
     box = np.array([0.3, 0.2, 0.7, 0.8], dtype=np.float32)
     sample = Sample(fixed=rgb, large=rgb, box=box)
     for transform in (
-        v2.Compose([RandomCropContaining(0.5, p=1.0), v2.RandomHorizontalFlip(p=1.0), v2.RandomZoomOut(fill=127, p=1.0)]),
-        v2.Compose([RandomCropContaining(0.5, p=1.0), v2.RandomVerticalFlip(p=1.0),
-                    v2.RandomZoomOut(fill=(10, 200, 30), p=1.0), v2.RandomRotation(20)]),
+        v2.Compose(
+            [RandomCropContaining(0.5, p=1.0), v2.RandomHorizontalFlip(p=1.0), v2.RandomZoomOut(fill=127, p=1.0)]
+        ),
+        v2.Compose(
+            [
+                RandomCropContaining(0.5, p=1.0),
+                v2.RandomVerticalFlip(p=1.0),
+                v2.RandomZoomOut(fill=(10, 200, 30), p=1.0),
+                v2.RandomRotation(20),
+            ]
+        ),
     ):
         for seed in range(5):
             torch.manual_seed(seed)
             got = warp(draw(sample, transform))
             torch.manual_seed(seed)
-            boxes = tv_tensors.BoundingBoxes(torch.as_tensor(box * np.array([120, 90, 120, 90], dtype=np.float32))[None],
-                                             format="XYXY", canvas_size=(90, 120))
+            boxes = tv_tensors.BoundingBoxes(
+                torch.as_tensor(box * np.array([120, 90, 120, 90], dtype=np.float32))[None],
+                format="XYXY",
+                canvas_size=(90, 120),
+            )
             image, _ = transform(tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()), boxes)
             np.testing.assert_array_equal(got, image.permute(1, 2, 0).numpy())
             assert got.shape[:2] != rgb.shape[:2]  # the steps did run
@@ -289,11 +326,20 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path):
     for prefetch in (False, True):
         model = copy.deepcopy(start)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True,
-                                             generator=torch.Generator().manual_seed(1))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)
+        )
         torch.manual_seed(2)
-        stats = train_one_epoch(model, loader, optimizer, box_kind="mse", box_weight=5.0,
-                                device=torch.device("cpu"), progress=False, prefetch=prefetch)
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            box_kind="mse",
+            box_weight=5.0,
+            device=torch.device("cpu"),
+            progress=False,
+            prefetch=prefetch,
+        )
         runs.append((stats.loss, model.state_dict(), torch.rand(3)))
     (loss_a, weights_a, after_a), (loss_b, weights_b, after_b) = runs
     assert loss_a == loss_b

@@ -30,10 +30,32 @@ def test_cv_needs_two_folds(tiny, synth, cli, capsys):
 
 def test_tune_coarse_then_fine_writes_table_and_plot(tiny, synth, cli, tmp_path, capsys):
     out = tmp_path / "tune"
-    code = cli("tune", synth, "--trials", "4", "--fine-trials", "3", "--coarse-epochs", "2", "--fine-epochs", "2",
-               "--lr-range", "1e-4", "1e-1", "--reg-range", "1e-6", "1e-2", "--fine-window", "0.5", "--out", out, *tiny)
+    code = cli(
+        "tune",
+        synth,
+        "--trials",
+        "4",
+        "--fine-trials",
+        "3",
+        "--coarse-epochs",
+        "2",
+        "--fine-epochs",
+        "2",
+        "--lr-range",
+        "1e-4",
+        "1e-1",
+        "--reg-range",
+        "1e-6",
+        "1e-2",
+        "--fine-window",
+        "0.5",
+        "--out",
+        out,
+        *tiny,
+    )
     assert code == 0
-    rows = list(csv.DictReader(open(out / "tune.csv")))
+    with open(out / "tune.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["stage"] for r in rows] == ["coarse"] * 4 + ["fine"] * 3
     coarse = [r for r in rows if r["stage"] == "coarse"]
     for r in coarse:
@@ -51,16 +73,27 @@ def test_tune_coarse_then_fine_writes_table_and_plot(tiny, synth, cli, tmp_path,
 
 
 def test_tune_stops_a_trial_whose_loss_explodes(synth, tiny_config):
+    from clsloc.models import get_backbone
     from clsloc.training.data import ImageStore, prepare_splits
     from clsloc.training.fit import FeatureCache
     from clsloc.training.tune import search
-    from clsloc.models import get_backbone
 
     config = tiny_config([synth], optimizer="sgd", momentum=0.9)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
     store = ImageStore(get_backbone("resnet18").preprocessing(64))
-    rows = search(config, splits, stage="coarse", trials=2, epochs=10, lr_range=(1e3, 1e4), reg_range=(1e-6, 1e-5),
-                  seed=0, store=store, features=FeatureCache(), log=lambda *a: None)
+    rows = search(
+        config,
+        splits,
+        stage="coarse",
+        trials=2,
+        epochs=10,
+        lr_range=(1e3, 1e4),
+        reg_range=(1e-6, 1e-5),
+        seed=0,
+        store=store,
+        features=FeatureCache(),
+        log=lambda *a: None,
+    )
     assert [r["state"] for r in rows] == ["exploded", "exploded"]
     assert all(r["epochs"] < 10 for r in rows)
 

@@ -19,9 +19,26 @@ def test_torchrun_two_processes_match_one(tiny, synth, cli, tmp_path):
     ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "clsloc.cli", "train", str(synth), "--out", str(ddp), *flags],
-        capture_output=True, text=True, timeout=600, env=env, cwd=os.getcwd(),
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "clsloc.cli",
+            "train",
+            str(synth),
+            "--out",
+            str(ddp),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=os.getcwd(),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed: 2 processes (gloo), 4 images per process per step" in proc.stdout

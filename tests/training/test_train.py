@@ -15,8 +15,16 @@ def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsy
     run = tmp_path / "run"
     assert cli("train", synth, "--out", run, "--epochs", "3", "--finetune-epochs", "1", "--batch-size", "8", *tiny) == 0
     out = capsys.readouterr().out
-    for name in ("config.json", "split.json", "metrics.jsonl", "metrics.json", "best.pt", "last.pt",
-                 "loss.png", "accuracy_iou.png"):
+    for name in (
+        "config.json",
+        "split.json",
+        "metrics.jsonl",
+        "metrics.json",
+        "best.pt",
+        "last.pt",
+        "loss.png",
+        "accuracy_iou.png",
+    ):
         assert (run / name).is_file(), name
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in lines] == [(1, 1), (1, 2), (1, 3), (2, 1)]
@@ -47,9 +55,9 @@ def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsy
     assert not {r.image for r in train} & {r.image for r in val}
 
     # the loaded best model reproduces metrics.json on the validation images through Preprocessing
+    from clsloc.boxes import denormalize_boxes
     from clsloc.images import decode_image
     from clsloc.metrics import evaluate_records
-    from clsloc.boxes import denormalize_boxes
     from clsloc.models import select_boxes
 
     x = torch.from_numpy(model.preprocessing.batch([decode_image(r.image) for r in val]))
@@ -70,8 +78,17 @@ class Killed(Exception):
 def _resume_config(synth):
     from clsloc.training.config import TrainConfig
 
-    return TrainConfig(datasets=[str(synth)], backbone="resnet18", pretrained=False, image_size=64, epochs=3,
-                       finetune_epochs=2, batch_size=8, patience=0, threads=1)
+    return TrainConfig(
+        datasets=[str(synth)],
+        backbone="resnet18",
+        pretrained=False,
+        image_size=64,
+        epochs=3,
+        finetune_epochs=2,
+        batch_size=8,
+        patience=0,
+        threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -234,14 +251,30 @@ def test_finetune_depth_trains_only_the_top_of_the_backbone(tiny, synth, cli, tm
     common = [synth, *tiny, "--epochs", "2", "--patience", "0"]
     assert cli("train", *common, "--finetune-epochs", "0", "--out", tmp_path / "frozen") == 0
     assert cli("train", *common, "--finetune-epochs", "1", "--finetune-depth", "0.5", "--out", tmp_path / "half") == 0
-    assert cli("train", *common, "--finetune-epochs", "1", "--finetune-depth", "0.5", "--finetune-norm",
-               "--out", tmp_path / "half_norm") == 0
+    assert (
+        cli(
+            "train",
+            *common,
+            "--finetune-epochs",
+            "1",
+            "--finetune-depth",
+            "0.5",
+            "--finetune-norm",
+            "--out",
+            tmp_path / "half_norm",
+        )
+        == 0
+    )
     before = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
     model = model_from_config(read_config(tmp_path / "half"))
     # parameter tensors of the backbone, in order (buffers such as BatchNorm statistics left out)
     names = ["backbone." + n for n, _ in model.backbone.named_parameters()]
-    norm = {"backbone." + n for m_name, m in model.backbone.named_modules()
-            if isinstance(m, torch.nn.BatchNorm2d) for n in (f"{m_name}.weight", f"{m_name}.bias")}
+    norm = {
+        "backbone." + n
+        for m_name, m in model.backbone.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for n in (f"{m_name}.weight", f"{m_name}.bias")
+    }
     half = len(names) - round(0.5 * len(names))
     top_dense = [n for n in names[half:] if n not in norm]
     top_norm = [n for n in names[half:] if n in norm]
@@ -270,7 +303,9 @@ def test_finetuning_keeps_depthwise_filters_and_norm_affine_unless_asked():
     assert not any(p.requires_grad for m in depthwise + norms for p in m.parameters())
     assert any(m.weight.requires_grad for m in dense)
     assert model.frozen_stages() >= k  # what stays frozen can only grow
-    assert not any(p.requires_grad for s in trunk_stages(model.backbone)[:model.frozen_stages()] for p in s.parameters())
+    assert not any(
+        p.requires_grad for s in trunk_stages(model.backbone)[: model.frozen_stages()] for p in s.parameters()
+    )
     set_backbone_trainable(model, True, 0.5, depthwise=True, norm=False)
     assert any(m.weight.requires_grad for m in depthwise) and not any(m.weight.requires_grad for m in norms)
 
@@ -329,8 +364,10 @@ def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth
 def test_cached_views_draw_one_view_per_image_each_epoch():
     from clsloc.training.fit import CachedViews
 
-    views = [torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
-             for v in range(3)]
+    views = [
+        torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
+        for v in range(3)
+    ]
     data = CachedViews(views)
     seen = []
     for epoch in range(2):
@@ -347,11 +384,14 @@ def test_finetune_depth_must_be_a_fraction(tiny, synth, cli, tmp_path, capsys):
     assert "finetune_depth=0.0 must be in (0, 1]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--box-bins", "1"], "box_bins=1 must be 0 (sigmoid head) or >= 2"),
-    (["--zoom-out-p", "1.5"], "zoom_out_p=1.5 must be in [0, 1]"),
-    (["--zoom-out-max", "0.5"], "zoom_out_max=0.5 >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--box-bins", "1"], "box_bins=1 must be 0 (sigmoid head) or >= 2"),
+        (["--zoom-out-p", "1.5"], "zoom_out_p=1.5 must be in [0, 1]"),
+        (["--zoom-out-max", "0.5"], "zoom_out_max=0.5 >= 1"),
+    ],
+)
 def test_bad_head_and_augmentation_options_are_named(tiny, synth, cli, tmp_path, capsys, flags, message):
     assert cli("train", synth, *tiny, *flags, "--out", tmp_path / "run") == 2
     assert message in capsys.readouterr().err
