@@ -7,7 +7,7 @@ Same process, same model (EfficientNet-Lite0, stage-2 fine-tuning of the top
 channels_last), same optimizer settings:
 
 * bare: forward + loss + backward + step of the default stage 2's network
-  (``clsloc.training.fit.ThroughFrozen``: the frozen bottom's BatchNorm-folded
+  (``clsloc.models.views.ThroughFrozen``: the frozen bottom's BatchNorm-folded
   snapshot, then the trained top with its frozen norm layers folded in) on one
   in-memory tensor batch;
 * bare, unfolded: the same with the whole network as one module, BatchNorm
@@ -17,11 +17,11 @@ channels_last), same optimizer settings:
   --finetune-norm``, what stage 2 trained before they stayed as pretrained);
 * fresh (the default stage 2): ``clsloc.training.engine.train_one_epoch`` with that
   forward over a DataLoader of ``clsloc.training.data.AugmentedDataset`` on the shared photos —
-  decoded images in memory, the default augmentation (``clsloc.training.fit.augmentation``
+  decoded images in memory, the default augmentation (``clsloc.training.stages.augmentation``
   plus colour), Preprocessing, loss, update/weight ratio bookkeeping; the next
   batch is fetched during this one's backward pass (``clsloc.training.engine.Prefetcher``);
 * fresh, next batch fetched after the step: the same loop without prefetching;
-* cached (``--finetune-cache``): the same loop over ``clsloc.training.fit.CachedViews``,
+* cached (``--finetune-cache``): the same loop over ``clsloc.training.features.CachedViews``,
   the frozen bottom's output per cached view, so only the trained top runs.
   Building the cache (each view augmented and run through the bottom once) is
   timed apart, per image and view.
@@ -69,21 +69,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from clsloc.models.views import ThroughFrozen, Top
     from clsloc.training.config import TrainConfig
     from clsloc.training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
     from clsloc.training.engine import compute_loss, set_backbone_trainable, train_one_epoch
-    from clsloc.training.fit import (
-        CachedViews,
-        FeatureCache,
-        ThroughFrozen,
-        Top,
-        _freeze_batchnorm,
-        augmentation,
-        cached_finetune_start,
-        make_optimizer,
-        model_for,
-        set_finetune_trainable,
-    )
+    from clsloc.training.features import CachedViews, FeatureCache
+    from clsloc.training.fit import make_optimizer, model_for
+    from clsloc.training.stages import augmentation, cached_finetune_start, freeze_batchnorm, set_finetune_trainable
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -91,7 +83,7 @@ def main() -> int:
     model = model_for(config, len(splits.classes)).to(memory_format=torch.channels_last)
     start = cached_finetune_start(model, config)
     model.train()
-    model.backbone.apply(_freeze_batchnorm)
+    model.backbone.apply(freeze_batchnorm)
 
     def trains(everything: bool) -> None:
         """The default stage 2's trainable set, or everything in the top (depthwise and norm too)."""
@@ -143,7 +135,7 @@ def main() -> int:
     )
     cache_ms = 1000 * (time.perf_counter() - t) / (len(records) * config.cache_views)
     model.train()
-    model.backbone.apply(_freeze_batchnorm)
+    model.backbone.apply(freeze_batchnorm)
     top = Top(model, start, fold_norms=True)  # as fit() trains it: the frozen norm layers folded in
     stage2 = ThroughFrozen(cache.trunk(model)[:start], top)  # what fit() runs on fresh images
     # Trained norm layers cannot be folded: fit() runs this top as it is.

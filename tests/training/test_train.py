@@ -362,7 +362,7 @@ def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth
 
 
 def test_cached_views_draw_one_view_per_image_each_epoch():
-    from clsloc.training.fit import CachedViews
+    from clsloc.training.features import CachedViews
 
     views = [
         torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
