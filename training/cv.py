@@ -77,7 +77,7 @@ def cross_validate(
     store = store or image_store(config)
     features = features if features is not None else FeatureCache()
     fold_config = replace(config, patience=0)  # the held-out fold must not stop or pick anything
-    rows = []
+    rows, predictions = [], []
     for i, split in enumerate(splits, 1):
         run = Path(out) / f"fold{i}" if out else None
         result = fit(
@@ -98,6 +98,7 @@ def cross_validate(
             "seconds": round(result.seconds, 1),
         }
         rows.append(row)
+        predictions += [{"fold": i, **p} for p in result.metrics["predictions"]]
         log(f"fold {i}/{len(splits)}: " + "  ".join(f"{k} {row[k]:.3f}" for k in KEYS) + f"  ({row['seconds']:.0f}s)")
     summary = {
         "folds": rows,
@@ -106,6 +107,7 @@ def cross_validate(
         "std": {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in KEYS},
         "config": config.to_dict(),
         "model_selection": "last epoch of each fold (no early stopping on the held-out fold)",
+        "predictions": predictions,  # every held-out image's label and pixel xyxy box, for breakdowns
     }
     if out:
         write_json(Path(out) / "cv.json", summary)

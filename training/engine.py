@@ -282,8 +282,21 @@ def predict(forward, loader, device: torch.device, *, amp: bool = False) -> tupl
     return torch.cat(all_logits).numpy(), torch.cat(all_boxes).numpy(), torch.cat(all_raw).numpy()
 
 
-def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_weight: float, amp: bool = False) -> dict:
-    """Validation report from ``clsloc.metrics`` (the one definition), plus the validation loss."""
+def evaluate(
+    forward,
+    loader,
+    records,
+    classes,
+    device,
+    *,
+    box_kind: str,
+    box_weight: float,
+    amp: bool = False,
+    keep_predictions: bool = False,
+) -> dict:
+    """Validation report from ``clsloc.metrics`` (the one definition), plus the validation loss.
+    ``keep_predictions``: also each image's predicted label and pixel xyxy box (``"predictions"``, in
+    ``records``' order), for breakdowns computed later."""
     logits, boxes, raw = predict(forward, loader, device, amp=amp)
     labels = torch.tensor([classes.index(r.label) for r in records])
     targets = torch.from_numpy(np.stack([np.asarray(r.box_normalized, dtype=np.float32) for r in records]))
@@ -294,6 +307,11 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
     boxes_px = np.stack([denormalize_boxes(np.clip(b, 0, 1), r.width, r.height) for b, r in zip(boxes, records)])
     report = evaluate_records(records, pred_labels, boxes_px, classes)
     report["loss"] = float(parts.total)
+    if keep_predictions:
+        report["predictions"] = [
+            {"image": str(r.image), "label": label, "box": [round(float(v), 2) for v in box]}
+            for r, label, box in zip(records, pred_labels, boxes_px)
+        ]
     return report
 
 

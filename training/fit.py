@@ -502,6 +502,7 @@ def final_report(run: Run, started: float) -> dict:
         box_kind=config.box_loss,
         box_weight=config.box_weight,
         amp=run.amp,
+        keep_predictions=True,
     )
     seconds = time.perf_counter() - started
     return {
@@ -514,7 +515,7 @@ def final_report(run: Run, started: float) -> dict:
 
 def write_outputs(run: Run, metrics: dict, full_config: dict) -> None:
     """metrics.json, the config with its final metrics, the curves, and best.pt if no epoch made one."""
-    write_json(run.run_dir / METRICS_FILE, metrics)
+    write_json(run.run_dir / METRICS_FILE, {k: v for k, v in metrics.items() if k != "predictions"})
     full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
     write_json(run.run_dir / CONFIG_FILE, full_config)
     from clsloc.training.plots import plot_history
