@@ -151,6 +151,7 @@ def main() -> int:
             optimizer,
             box_kind=config.box_loss,
             box_weight=config.box_weight,
+            box_target=config.box_target,
             device=device,
             progress=False,
             prefetch=prefetch,
@@ -165,7 +166,15 @@ def main() -> int:
         start = time.perf_counter()
         for _ in range(args.batches):
             logits, boxes = forward(x)
-            loss = compute_loss(logits, boxes, y, b, box_kind=config.box_loss, box_weight=config.box_weight).total
+            loss = compute_loss(
+                logits,
+                boxes,
+                y,
+                b,
+                box_kind=config.box_loss,
+                box_weight=config.box_weight,
+                box_target=config.box_target,
+            ).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -28,6 +28,7 @@ BOX_LOSSES = ("mse", "smooth_l1", "giou")
 LR_SCHEDULES = ("cosine", "step", "none")
 MONITORS = ("mean_iou", "loc_accuracy", "accuracy", "loss")
 POLICIES = ("largest", "first", "skip")
+BOX_TARGETS = ("nearest", "policy")
 GROUPS = ("data", "model", "schedule", "runtime")
 
 
@@ -59,6 +60,13 @@ class TrainConfig:
     )
     val_split: float = option(0.2, "stratified hold-out fraction", "data")
     policy: str = option("largest", "training target in multi-object images", "data", choices=POLICIES)
+    box_target: str = option(
+        "policy",
+        "the box the box loss is taken against in images with several boxes of the class: nearest = the "
+        "one nearest the prediction (evaluation scores the best-matching box), policy = --policy's",
+        "data",
+        choices=BOX_TARGETS,
+    )
     seed: int = option(0, "seed of the split, the initialization and every epoch's random draws", "data")
     # -- model
     backbone: str = option("efficientnet_lite0", "efficientnet_lite0/1/2 or a torchvision classifier", "model")
@@ -152,6 +160,7 @@ class TrainConfig:
             (self.monitor in MONITORS, "monitor", self.monitor, MONITORS),
             (self.attach in ("map", "pooled"), "attach", self.attach, ("map", "pooled")),
             (self.policy in ("largest", "first", "skip"), "policy", self.policy, ("largest", "first", "skip")),
+            (self.box_target in BOX_TARGETS, "box_target", self.box_target, BOX_TARGETS),
         ]
         for ok, name, value, known in checks:
             if not ok:

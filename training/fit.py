@@ -297,7 +297,10 @@ def restore(run: Run) -> None:
     run.state = RunState.from_checkpoint(run.checkpoint)
     if run.write:  # drop lines a killed run appended after its last checkpoint
         (run.run_dir / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in run.state.history))
-    if (run.run_dir / "best.pt").exists():
+    best = run.state.best
+    if best and (best["stage"], best["epoch"]) == (run.state.stage, run.state.epoch):
+        run.best_weights = run.checkpoint["model"]  # the last finished epoch was the best (best.pt may lag)
+    elif (run.run_dir / "best.pt").exists():
         run.best_weights = load_checkpoint(run.run_dir / "best.pt")["model"]
     say(f"resuming {run.run_dir} at stage {run.state.stage}, epoch {run.state.epoch}")
 
@@ -385,6 +388,7 @@ def train_epoch(run: Run, loop: Loop, epoch: int) -> EpochStats:
         loop.optimizer,
         box_kind=config.box_loss,
         box_weight=config.box_weight,
+        box_target=config.box_target,
         device=run.device,
         scaler=loop.scaler,
         scheduler=loop.scheduler,
@@ -417,6 +421,7 @@ def validate_epoch(run: Run, loop: Loop, epoch: int, stats: EpochStats) -> dict:
         run.device,
         box_kind=config.box_loss,
         box_weight=config.box_weight,
+        box_target=config.box_target,
         amp=run.amp,
     )
     record = epoch_record(loop, epoch, stats, report)
@@ -426,8 +431,6 @@ def validate_epoch(run: Run, loop: Loop, epoch: int, stats: EpochStats) -> dict:
         state.best_value, state.bad_epochs = monitored, 0
         state.best = {"stage": loop.stage, "epoch": epoch, config.monitor: monitored}
         run.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        if run.write:
-            run.save_best(run.best_weights, loop.stage, epoch, monitored)
     else:
         state.bad_epochs += 1
     record["best"] = improved
@@ -478,6 +481,8 @@ def finish_epoch(run: Run, loop: Loop, epoch: int, record: dict, stats: EpochSta
         with open(run.run_dir / HISTORY_FILE, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         run.save_last(loop.optimizer, loop.scheduler, loop.scaler)
+        if record["best"]:  # after last.pt: a best.pt on disk never belongs to an epoch --resume replays
+            run.save_best(run.best_weights, loop.stage, epoch, state.best_value)
     if stop and run.log_epochs and patience_spent:
         say(f"  early stop: no better val {config.monitor} for {config.patience} epochs")
     return stop
@@ -501,6 +506,7 @@ def final_report(run: Run, started: float) -> dict:
         run.device,
         box_kind=config.box_loss,
         box_weight=config.box_weight,
+        box_target=config.box_target,
         amp=run.amp,
         keep_predictions=True,
     )

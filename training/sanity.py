@@ -19,7 +19,7 @@ import torch
 from clsloc.models.heads import PRIOR_BOX
 from clsloc.training.config import TrainConfig
 from clsloc.training.data import ImageStore, Splits
-from clsloc.training.engine import box_loss, compute_loss, l2_penalty, set_backbone_trainable
+from clsloc.training.engine import box_loss, chosen_targets, compute_loss, l2_penalty, set_backbone_trainable
 
 CE_TOLERANCE = 0.25  # |CE - ln C| <= 25 % of ln C
 BOX_TOLERANCE = 3.0  # box term <= 3x the uninformed centred box's loss
@@ -62,9 +62,17 @@ def sanity_check(
     features, labels, targets = (t.to(device) for t in data.tensors)
     with torch.no_grad():
         logits, boxes = model.forward_heads(features)
-        parts = compute_loss(logits, boxes, labels, targets, box_kind=config.box_loss, box_weight=config.box_weight)
-        centred = torch.tensor(PRIOR_BOX, device=device).expand_as(targets)
-        expected_box = float(box_loss(centred, targets, config.box_loss))
+        parts = compute_loss(
+            logits,
+            boxes,
+            labels,
+            targets,
+            box_kind=config.box_loss,
+            box_weight=config.box_weight,
+            box_target=config.box_target,
+        )
+        centred = torch.tensor(PRIOR_BOX, device=device).expand(len(targets), 4)
+        expected_box = float(box_loss(centred, chosen_targets(centred, targets, config.box_target), config.box_loss))
         penalty = float(l2_penalty(model.head_parameters()))
     loss = float(parts.total)
     report = SanityReport(
