@@ -89,6 +89,12 @@ class TrainConfig:
         "per-epoch validation runs the plain model, at half the cost)",
         "model",
     )
+    refine_context: float = option(
+        0.0,
+        "refining pass: look again at a square window of this many times the first box's longer side "
+        "around it and regress the box there (0 = one pass; the final report, export and serving)",
+        "model",
+    )
     # -- schedule
     epochs: int = option(
         16, "stage 1 epochs: heads on the frozen backbone, over --cache-views views of each image", "schedule"
@@ -185,6 +191,8 @@ class TrainConfig:
             )
         if self.box_bins < 0 or self.box_bins == 1:
             raise ValueError(f"option box_bins={self.box_bins} must be 0 (sigmoid head) or >= 2")
+        if self.refine_context and self.refine_context < 1.0:
+            raise ValueError(f"option refine_context={self.refine_context} must be 0 (off) or >= 1")
         if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:
             raise ValueError("weight_decay and box_weight must be >= 0, dropout in [0, 1)")
 

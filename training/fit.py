@@ -240,9 +240,9 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     model = model_for(config, len(splits.classes), input_size=input_size)
-    # Per-epoch validation runs the plain model (the mirror pass would double its cost); the final
-    # report runs the model as exported, with test-time augmentation when the config asks for it.
-    model.flip_tta = False
+    # Per-epoch validation runs the plain model (the mirror pass and the refining pass would double its
+    # cost each); the final report runs the model as exported, with both when the config asks for them.
+    model.flip_tta, model.refine_context = False, 0.0
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # the conv trunk runs faster so on a CPU
@@ -493,7 +493,7 @@ def final_report(run: Run, started: float) -> dict:
     config, model = run.config, run.model
     if run.select_best and run.best_weights:
         model.load_state_dict(run.best_weights)
-    model.flip_tta = config.tta
+    model.flip_tta, model.refine_context = config.tta, config.refine_context
     model.eval()
     val_set = FixedDataset(run.splits.val, run.store, run.class_index)
     run.store.load(run.splits.val)
@@ -560,6 +560,7 @@ def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None =
         input_size=input_size or config.image_size or None,
         box_bins=config.box_bins,
         flip_tta=config.tta,
+        refine_context=config.refine_context,
     )
 
 

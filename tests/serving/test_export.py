@@ -216,9 +216,10 @@ def test_export_command_reports_a_missing_run_without_a_traceback(tmp_path):
     assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
-    """A run trained with --box-bins and --tta exports a graph that computes exactly that:
-    ONNX agrees with the PyTorch model averaged over the image and its mirror."""
+def test_binned_head_flip_tta_and_refining_pass_are_part_of_the_exported_graph(tmp_path):
+    """A run trained with --box-bins, --tta and --refine-context exports a graph that computes
+    exactly that: ONNX agrees with the PyTorch model averaged over the image and its mirror, then
+    looking again at a window around its first box."""
     import torch
 
     from clsloc.models import ExportWrapper
@@ -244,19 +245,24 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
         "--box-bins",
         "8",
         "--tta",
+        "--refine-context",
+        "1.5",
     )
     assert train.returncode == 0, train.stderr[-3000:]
     export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)  # raises if parity fails
     model, config = load_run(tmp_path / "run")
-    assert model.flip_tta and model.box_head.bins == 8 and config["tta"]
+    assert model.flip_tta and model.box_head.bins == 8 and config["tta"] and model.refine_context == 1.5
     engine = Engine(tmp_path / "model", threads=1)
     _, val = load_split(tmp_path / "run")
     batch = engine.preprocessing.batch([engine.decode(r.image) for r in val[:4]])
     x = torch.from_numpy(batch)
     with torch.inference_mode():
         _, boxes = ExportWrapper(model)(x)
+        model.refine_context = 0.0
+        _, one_look = ExportWrapper(model)(x)
         model.flip_tta = False
         _, plain_boxes = ExportWrapper(model)(x)
     _, onnx_boxes = engine.run(batch)
     np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-4)
-    assert np.abs(onnx_boxes - plain_boxes.numpy()).max() > 1e-3  # the mirror pass is in the graph
+    assert np.abs(onnx_boxes - one_look.numpy()).max() > 1e-3  # the refining pass is in the graph
+    assert np.abs(one_look.numpy() - plain_boxes.numpy()).max() > 1e-3  # and so is the mirror pass
