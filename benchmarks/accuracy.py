@@ -73,6 +73,14 @@ def main() -> int:
     parser.add_argument(
         "--only-folds", type=int, nargs="+", metavar="I", help="train and score only these folds (1-based) of the K"
     )
+    parser.add_argument(
+        "--also-refine",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="C",
+        help="also score ours' trained folds with a refining pass of each context C (the same weights)",
+    )
     add_train_arguments(parser, datasets=False)
     add_json_flag(parser)
     args = parser.parse_args()
@@ -99,9 +107,13 @@ def main() -> int:
             results[variant] = mean_box_baseline(splits)
         else:
             cfg = replace(config, attach="pooled") if variant == "pooled" else config
+            also = {f"refine {c:g}": {"refine_context": c} for c in args.also_refine} if variant == "ours" else None
             results[variant] = cross_validate(
-                cfg, len(splits), splits=splits, store=store, features=features, progress=False
+                cfg, len(splits), splits=splits, store=store, features=features, progress=False, also=also
             )
+            for name, extra in results[variant].pop("also", {}).items():
+                results[f"ours, {name}"] = extra  # the same trained folds, scored another way
+                seconds[f"ours, {name}"] = None
         seconds[variant] = time.perf_counter() - start
 
     n = sum(len(s.val) for s in splits)
@@ -111,11 +123,12 @@ def main() -> int:
         f"recipe ({config.backbone} at {config.image_size or 'its own'} px, head on the map, "
         f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'})"
     )
-    header = f"{'variant':<10}" + "".join(f"{k:>22}" for k in KEYS) + f"{'time':>9}"
+    header = f"{'variant':<18}" + "".join(f"{k:>22}" for k in KEYS) + f"{'time':>9}"
     print(header)
     for variant, r in results.items():
         cells = "".join(f"{r['mean'][k]:>14.3f} ± {r['std'][k]:.3f}" for k in KEYS)
-        print(f"{variant:<10}{cells}{seconds[variant]:>8.0f}s")
+        took = f"{seconds[variant]:>8.0f}s" if seconds[variant] is not None else f"{'(ours)':>9}"
+        print(f"{variant:<18}{cells}{took}")
     if "ours" in results:
         for other in ("pooled", "meanbox"):
             if other in results:

@@ -126,6 +126,7 @@ class FitResult:
     best: dict
     seconds: float
     exploded: bool = False
+    model: torch.nn.Module | None = None  # the kept weights, in eval mode as exported
 
 
 @dataclass
@@ -287,7 +288,7 @@ def fit(
     metrics = final_report(run, started)
     if write:
         write_outputs(run, metrics, full_config)
-    return FitResult(run_dir, metrics, run.state.history, run.state.best, metrics["seconds"])
+    return FitResult(run_dir, metrics, run.state.history, run.state.best, metrics["seconds"], model=model)
 
 
 def restore(run: Run) -> None:
@@ -489,27 +490,12 @@ def finish_epoch(run: Run, loop: Loop, epoch: int, record: dict, stats: EpochSta
 
 
 def final_report(run: Run, started: float) -> dict:
-    """The kept weights (best or last) scored on validation as exported (mirror pass included)."""
+    """The kept weights (best or last) scored on validation as exported (mirror and refining passes included)."""
     config, model = run.config, run.model
     if run.select_best and run.best_weights:
         model.load_state_dict(run.best_weights)
     model.flip_tta, model.refine_context = config.tta, config.refine_context
-    model.eval()
-    val_set = FixedDataset(run.splits.val, run.store, run.class_index)
-    run.store.load(run.splits.val)
-    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
-    report = evaluate(
-        model,
-        torch.utils.data.DataLoader(val_set, batch_size=batch),
-        run.splits.val,
-        run.classes,
-        run.device,
-        box_kind=config.box_loss,
-        box_weight=config.box_weight,
-        box_target=config.box_target,
-        amp=run.amp,
-        keep_predictions=True,
-    )
+    report = score(model, run.splits.val, run.store, run.classes, config, run.device, amp=run.amp)
     seconds = time.perf_counter() - started
     return {
         **report,
@@ -517,6 +503,27 @@ def final_report(run: Run, started: float) -> dict:
         "selected": "best" if run.select_best else "last",
         "seconds": round(seconds, 2),
     }
+
+
+def score(model, records, store: ImageStore, classes, config: TrainConfig, device, *, amp: bool = False) -> dict:
+    """``model`` (in eval mode, as set: mirror and refining passes or not) on ``records``: the
+    ``clsloc.metrics`` report with the loss and every image's prediction."""
+    model.eval()
+    store.load(records)
+    val_set = FixedDataset(records, store, {c: i for i, c in enumerate(classes)})
+    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
+    return evaluate(
+        model,
+        torch.utils.data.DataLoader(val_set, batch_size=batch),
+        records,
+        classes,
+        device,
+        box_kind=config.box_loss,
+        box_weight=config.box_weight,
+        box_target=config.box_target,
+        amp=amp,
+        keep_predictions=True,
+    )
 
 
 def write_outputs(run: Run, metrics: dict, full_config: dict) -> None:
