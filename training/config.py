@@ -137,6 +137,12 @@ class TrainConfig:
         0.5, "stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)", "schedule"
     )
     zoom_out_max: float = option(2.0, "largest canvas side / image side", "schedule")
+    context_crop_p: float = option(
+        0.0,
+        "probability of cropping, instead, the window a refining pass looks at (--refine-context x the box, "
+        "around the box moved and scaled as a first pass might find it): stage 2 and the augmented cached views",
+        "schedule",
+    )
     cache_views: int = option(
         8,
         "stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies); "
@@ -191,6 +197,8 @@ class TrainConfig:
             )
         if self.box_bins < 0 or self.box_bins == 1:
             raise ValueError(f"option box_bins={self.box_bins} must be 0 (sigmoid head) or >= 2")
+        if not 0.0 <= self.context_crop_p <= 1.0:
+            raise ValueError(f"option context_crop_p={self.context_crop_p} must be in [0, 1]")
         if self.refine_context and self.refine_context < 1.0:
             raise ValueError(f"option refine_context={self.refine_context} must be 0 (off) or >= 1")
         if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:

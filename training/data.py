@@ -53,11 +53,15 @@ from torchvision.transforms.v2.functional._color import _blend, _rgb_to_grayscal
 from clsloc.boxes import mirror_boxes
 from clsloc.datasets import Record, load_dataset, stratified_split
 from clsloc.images import decode_image
+from clsloc.models.refine import refine_windows
 from clsloc.preprocess import Preprocessing
 
 log = logging.getLogger("clsloc.train")
 
 AUGMENT_SIDE_FACTOR = 1.5
+# A first pass's box as the refining pass's training windows assume it: centre off by up to this share
+# of the box's size, size off by up to this factor (either way).
+CONTEXT_SHIFT, CONTEXT_SCALE = 0.15, 1.25
 
 
 class DataError(ValueError):
@@ -250,19 +254,23 @@ class RandomCropContaining(v2.Transform):
     without the risk of RandomIoUCrop cutting the object away.
     """
 
-    def __init__(self, min_scale: float = 0.4, p: float = 0.8):
+    def __init__(self, min_scale: float = 0.4, p: float = 0.8, *, context_p: float = 0.0, context: float = 2.0):
         super().__init__()
         self.min_scale = min_scale
         self.p = p
+        self.context_p = context_p
+        self.context = context
 
     def make_params(self, flat_inputs: list) -> dict:
         boxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
         height, width = boxes.canvas_size
-        if torch.rand(()) >= self.p:
-            return {"top": 0, "left": 0, "height": height, "width": width}
         x1, y1, x2, y2 = [float(v) for v in boxes.reshape(-1, 4)[0]]
         x1, x2 = max(0.0, min(x1, x2)), min(float(width), max(x1, x2))
         y1, y2 = max(0.0, min(y1, y2)), min(float(height), max(y1, y2))
+        if self.context_p and float(torch.rand(())) < self.context_p:  # no draw at all when off
+            return self._context_window(width, height, (x1, y1, x2, y2))
+        if torch.rand(()) >= self.p:
+            return {"top": 0, "left": 0, "height": height, "width": width}
 
         def window(size: int, lo: float, hi: float) -> tuple[int, int]:
             need = max(1, math.ceil(hi) - math.floor(lo))
@@ -279,20 +287,46 @@ class RandomCropContaining(v2.Transform):
         top, h = window(height, y1, y2)
         return {"top": top, "left": left, "height": h, "width": w}
 
+    def _context_window(self, width: int, height: int, box: tuple[float, float, float, float]) -> dict:
+        """What the refining pass looks at (``clsloc.models.refine.refine_windows``) around the box as a
+        first pass might have put it: its centre moved by up to ``CONTEXT_SHIFT`` of its size, its size
+        scaled by up to ``CONTEXT_SCALE``; widened where needed to keep the whole box."""
+        x1, y1, x2, y2 = box
+        shift = (torch.rand(2) * 2 - 1) * CONTEXT_SHIFT
+        scale = math.exp((float(torch.rand(())) * 2 - 1) * math.log(CONTEXT_SCALE))
+        cx, cy = (x1 + x2) / 2 + float(shift[0]) * (x2 - x1), (y1 + y2) / 2 + float(shift[1]) * (y2 - y1)
+        half_w, half_h = scale * (x2 - x1) / 2, scale * (y2 - y1) / 2
+        guess = torch.tensor(
+            [[(cx - half_w) / width, (cy - half_h) / height, (cx + half_w) / width, (cy + half_h) / height]]
+        )
+        wx0, wy0, wx1, wy1 = refine_windows(guess, self.context)[0].tolist()
+        left, right = min(math.floor(wx0 * width), math.floor(x1)), max(math.ceil(wx1 * width), math.ceil(x2))
+        top, bottom = min(math.floor(wy0 * height), math.floor(y1)), max(math.ceil(wy1 * height), math.ceil(y2))
+        left, top = max(0, left), max(0, top)
+        return {"top": top, "left": left, "height": min(height, bottom) - top, "width": min(width, right) - left}
+
     def transform(self, inpt, params: dict):
         return self._call_kernel(F.crop, inpt, **params)
 
 
 def train_transform(
-    crop_p: float = 0.5, crop_scale: float = 0.7, zoom_out_p: float = 0.0, zoom_out_max: float = 2.0
+    crop_p: float = 0.5,
+    crop_scale: float = 0.7,
+    zoom_out_p: float = 0.0,
+    zoom_out_max: float = 2.0,
+    context_p: float = 0.0,
+    context: float = 2.0,
 ) -> v2.Compose:
     """The geometric part: crop that keeps the object, flip (boxes move with the pixels).
 
     The crop is mild on purpose: zooming in on the object makes boxes larger than
     validation ever sees them, and the box head learns that prior (a stronger crop
-    gave a clearly lower validation mean IoU on the shared photos).
+    gave a clearly lower validation mean IoU on the shared photos). With a refining
+    pass, validation does see closer views: ``context_p`` of the crops are the
+    window it looks at (``context`` x the box, around a box as a first pass finds it).
     """
-    steps = [RandomCropContaining(min_scale=crop_scale, p=crop_p), v2.RandomHorizontalFlip(p=0.5)]
+    crop = RandomCropContaining(min_scale=crop_scale, p=crop_p, context_p=context_p, context=context)
+    steps = [crop, v2.RandomHorizontalFlip(p=0.5)]
     if zoom_out_p > 0:
         # Grey (127: about 0 after normalization) canvas around the image: smaller objects than the photos have.
         steps.append(
@@ -460,7 +494,8 @@ class FixedDataset(torch.utils.data.Dataset):
     itself, 1 its mirror image, 2 and up one augmented copy each (crop, flip,
     colour) drawn from a seed of (view, file name) — the same copy every time,
     so features computed once stay valid. ``crop`` is the augmented views'
-    (probability, smallest side) of the object-keeping crop.
+    (probability, smallest side) of the object-keeping crop, and optionally
+    (probability, context) of the refining pass's window (``train_transform``).
     """
 
     def __init__(
@@ -469,13 +504,16 @@ class FixedDataset(torch.utils.data.Dataset):
         store: ImageStore,
         class_index: dict[str, int],
         view: int = 0,
-        crop: tuple[float, float] | None = None,
+        crop: tuple[float, ...] | None = None,
     ):
         self.records, self.store, self.class_index, self.view = records, store, class_index, view
         self.slots = box_slots(records)
         # The augmented views crop as --crop-p / --crop-scale say (None: train_transform's defaults). Zoom-out
         # stays a stage-2 augmentation: the defaults were measured with stage-1 views without it.
-        self.transform = train_transform(*(crop or ())) if view >= 2 else None
+        crop_p, crop_scale, context_p, context = (*(crop or (0.5, 0.7)), 0.0, 2.0)[:4]
+        self.transform = (
+            train_transform(crop_p, crop_scale, context_p=context_p, context=context) if view >= 2 else None
+        )
         self.colour = colour_transform()
 
     def __len__(self) -> int:

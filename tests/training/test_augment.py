@@ -57,12 +57,13 @@ def test_augmented_box_stays_on_the_object(box, zoom_out_p):
         assert min(areas) >= area - 1e-3
 
 
-def test_crop_never_cuts_the_target_box():
+@pytest.mark.parametrize("context_p", [0.0, 1.0], ids=["object-keeping", "refine-window"])
+def test_crop_never_cuts_the_target_box(context_p):
     from torchvision import tv_tensors
 
     from clsloc.training.data import RandomCropContaining
 
-    crop = RandomCropContaining(min_scale=0.2, p=1.0)
+    crop = RandomCropContaining(min_scale=0.2, p=1.0, context_p=context_p, context=1.5)
     image = tv_tensors.Image(torch.zeros(3, 300, 400, dtype=torch.uint8))
     for seed in range(200):
         torch.manual_seed(seed)
@@ -79,6 +80,32 @@ def test_crop_never_cuts_the_target_box():
         assert float(bx[2] - bx[0]) == pytest.approx(box[2] - box[0])
         assert float(bx[3] - bx[1]) == pytest.approx(box[3] - box[1])
         assert float(bx[0]) >= 0 and float(bx[1]) >= 0 and float(bx[2]) <= w and float(bx[3]) <= h
+
+
+def test_refine_window_crop_is_the_refining_pass_view_around_a_first_guess():
+    """--context-crop-p: the crop is a square (in the network's input) of about --refine-context x
+    the box's longer side around it, off by what a first pass might be off, as the refining pass
+    would look at it; the object then fills about 1/context of the crop's longer side."""
+    from torchvision import tv_tensors
+
+    from clsloc.training.data import CONTEXT_SCALE, CONTEXT_SHIFT, RandomCropContaining
+
+    crop = RandomCropContaining(min_scale=0.7, p=0.0, context_p=1.0, context=2.0)
+    width, height = 400, 300
+    box = (150.0, 120.0, 210.0, 160.0)  # 0.15 x 0.133 of the image: a window of about 0.3 of each side
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([box]), format="XYXY", canvas_size=(height, width))
+    sides, offsets = [], []
+    for seed in range(100):
+        torch.manual_seed(seed)
+        p = crop.make_params([boxes])
+        w, h = p["width"] / width, p["height"] / height
+        assert w == pytest.approx(h, abs=0.02)  # square in normalized coordinates
+        assert p["left"] <= box[0] and p["left"] + p["width"] >= box[2]  # the box stays whole
+        assert p["top"] <= box[1] and p["top"] + p["height"] >= box[3]
+        sides.append(w)
+        offsets.append(abs((p["left"] + p["width"] / 2) - 180.0) / 60.0)  # centre offset / box width
+    assert min(sides) >= 2 * 0.15 / CONTEXT_SCALE - 0.01 and max(sides) <= 2 * 0.15 * CONTEXT_SCALE + 0.01
+    assert max(sides) - min(sides) > 0.05 and max(offsets) <= CONTEXT_SHIFT + 0.02 and max(offsets) > 0.05
 
 
 def _one_object_record(tmp_path):
