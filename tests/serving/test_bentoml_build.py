@@ -101,7 +101,7 @@ def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home
         from clsloc_client import Client
 
         with Client(f"http://127.0.0.1:{port}") as client:
-            assert client.predict(oracle.object_image("green", (10, 10, 50, 50)))["label"] == "green"
+            assert client.predict(oracle.object_image("green", (10, 10, 50, 50))).label == "green"
             assert client.model_info()["name"] == "clsloc-build-test"
     finally:
         stop_server(process)
