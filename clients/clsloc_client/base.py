@@ -19,7 +19,7 @@ class ClientBase(Generic[HttpT, TransportT]):
     """A client of one clsloc service, with one connection pool (released by ``close``/``aclose`` or ``with``).
 
     ``api_key`` defaults to $CLSLOC_API_KEY; ``timeout`` is per attempt, in
-    seconds; ``retries`` is a count or a :class:`~clsloc_client.Retry`;
+    seconds (None: no limit); ``retries`` is a count or a :class:`~clsloc_client.Retry`;
     ``max_connections`` bounds the pool; ``transport`` replaces httpx's
     network transport (tests use ``httpx.MockTransport``).
     """
@@ -29,7 +29,7 @@ class ClientBase(Generic[HttpT, TransportT]):
         url: str = DEFAULT_URL,
         *,
         api_key: str | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = 60.0,
         retries: int | Retry = 3,
         max_connections: int = 100,
         transport: TransportT | None = None,

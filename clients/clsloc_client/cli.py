@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clsloc-client: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +72,10 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise SystemExit("clsloc-client: --concurrency must be at least 1")
     total = sum(1 for _ in image_paths(args.paths))  # names only, for the progress bar
+    if total == 0:
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        print(f"clsloc-client: no image files ({suffixes}) in {' '.join(args.paths)}", file=sys.stderr)
+        return 1
     progress = Progress(total, stream=sys.stderr, enabled=any(os.path.isdir(p) for p in args.paths))
     out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115 (closed below)
     started, failed = time.monotonic(), 0

@@ -118,3 +118,9 @@ def test_the_console_script_scores_a_folder_against_the_real_service(live_server
     by_path = {r["image"]: r.get("label") for r in records}
     assert [by_path[p] for p in expected] == [Path(p).stem.split("-")[1].lower() for p in expected]
     assert "5 of 6 images scored, 1 failed" in result.stderr
+
+
+def test_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert main(["predict", str(tmp_path), "--url", "http://127.0.0.1:9"]) == 1
+    assert "no image files (.bmp .gif .jpeg .jpg .png .tif .tiff .webp) in" in capsys.readouterr().err
