@@ -23,7 +23,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    command_line = parser()
+    args = command_line.parse_args(argv)
+    if args.concurrency < 1:
+        command_line.error("--concurrency must be at least 1")
     try:
         return predict_command(args)
     except KeyboardInterrupt:
@@ -69,8 +72,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    if args.concurrency < 1:
-        raise SystemExit("clsloc-client: --concurrency must be at least 1")
     total = sum(1 for _ in image_paths(args.paths))  # names only, for the progress bar
     if total == 0:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
