@@ -20,12 +20,13 @@ class Progress:
         self._next_line = max(1, total // 10)
 
     def write(self, line: str, stream: TextIO) -> None:
-        """Print a line to ``stream`` without tearing the bar: clear it, print, redraw."""
-        if self.bar:
+        """Print a line to ``stream``; one bound for the terminal clears the bar first and redraws it after."""
+        on_screen = self.bar and stream.isatty()  # a line into a file leaves the bar alone
+        if on_screen:
             self.stream.write("\r\033[K")
         stream.write(line + "\n")
         stream.flush()
-        if self.bar:
+        if on_screen:
             self._draw()
 
     def advance(self, *, failed: bool) -> None:

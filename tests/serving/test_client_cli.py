@@ -87,15 +87,17 @@ def test_the_progress_bar_is_redrawn_in_place_on_a_terminal():
         def isatty(self) -> bool:
             return True
 
-    screen = Terminal()
+    screen, file = Terminal(), io.StringIO()
     progress = Progress(4, stream=screen, enabled=True)
     for i in range(4):
-        progress.write(f"result {i}", screen)
+        progress.write(f"result {i}", screen if i % 2 else file)
         progress.advance(failed=i == 2)
     progress.close()
     text = screen.getvalue()
-    assert text.count("result") == 4 and "\r[" in text and "\033[K" in text
+    assert text.count("result") == 2 and "\r[" in text and "\033[K" in text
+    assert file.getvalue() == "result 0\nresult 2\n"  # lines into a file carry no bar
     assert "[" + "#" * 30 + "] 4/4 images, 1 failed" in text and text.endswith("\n")
+    assert text.count("\r\033[K") == 2  # cleared only for the lines printed on the terminal
 
 
 @pytest.mark.slow
