@@ -109,28 +109,45 @@ def print_acceptance(rows: list[dict]) -> None:
 # -- 2. ablation -------------------------------------------------------------------------------------------
 
 
-def recipe_steps():
-    """(name, Int8Options, calibration pick) from the recipe before this change to today's defaults."""
+def recipe_steps(alternatives: bool = False):
+    """(name, Int8Options, calibration pick) from the recipe before this change to today's defaults,
+    one change at a time; with ``alternatives``, also the defaults with one thing changed."""
     from clsloc.training.int8 import Int8Options
 
+    defaults = Int8Options()
     before = Int8Options(
-        calibration="minmax", views=1, reduce_range=True, quantize=("*",), ops=("Conv", "Gemm", "MatMul")
+        calibration="minmax",
+        views=1,
+        reduce_range=True,
+        quantize=("*",),
+        keep_fp32=(),
+        ops=("Conv", "Gemm", "MatMul"),
     )
-    fused = replace(before, ops=Int8Options().ops)
-    trunk = replace(fused, quantize=Int8Options().quantize)
-    views = replace(trunk, views=Int8Options().views)
-    percentile = replace(views, calibration="percentile")
-    return [
+    fused = replace(before, ops=defaults.ops)
+    trunk = replace(fused, quantize=defaults.quantize)
+    cpu = replace(trunk, reduce_range=defaults.reduce_range)
+    views = replace(cpu, views=defaults.views)
+    calibration = replace(views, calibration=defaults.calibration)
+    steps = [
         ("before: first 64 training images, MinMax, 7-bit, all layers", before, "first"),
         ("+ activations folded into their convs", fused, "first"),
         ("+ images spread over the classes", fused, "spread"),
         ("+ only the backbone quantized (heads fp32)", trunk, "spread"),
-        (f"+ {views.views} views per image (augmented)", views, "spread"),
-        ("+ percentile calibration", percentile, "spread"),
-        ("+ reduce_range from the CPU (defaults)", Int8Options(), "spread"),
-        ("defaults, entropy calibration", replace(Int8Options(), calibration="entropy"), "spread"),
-        ("defaults, stem conv fp32", replace(Int8Options(), keep_fp32=("model.bn1",)), "spread"),
+        ("+ reduce_range from the CPU", cpu, "spread"),
+        (f"+ {defaults.views} views per image (augmented)", views, "spread"),
+        (f"+ {defaults.calibration} calibration", calibration, "spread"),
+        ("+ stem and first block fp32 (defaults)", defaults, "spread"),
     ]
+    if alternatives:
+        steps += [
+            ("defaults, entropy calibration", replace(defaults, calibration="entropy"), "spread"),
+            (
+                "defaults, last 1x1 conv fp32 too",
+                replace(defaults, keep_fp32=(*defaults.keep_fp32, "model.bn2")),
+                "spread",
+            ),
+        ]
+    return steps
 
 
 class Fold:
@@ -194,20 +211,23 @@ def images_per_second(paths: dict[str, Path], rounds: int, seconds: float) -> di
     return {k: {b: statistics.median(v) for b, v in sizes.items()} for k, sizes in got.items()}
 
 
-def ablation(runs: list[Path], tmp: Path, rounds: int, seconds: float) -> tuple[list[dict], dict]:
-    steps = recipe_steps()
+def ablation(runs: list[Path], tmp: Path, args) -> tuple[list[dict], dict]:
+    steps = recipe_steps(args.alternatives)
     per_step: list[list[dict]] = [[] for _ in steps]
     graphs: dict[str, Path] = {}
     for k, run in enumerate(runs, 1):
         fold = Fold(run, tmp / f"ablation{k}")
+        if k == 1:  # the speed of each step is timed on fold 1's graphs (the same network on every fold)
+            graphs["fp32"] = fold.fp32
         for i, (name, options, pick) in enumerate(steps):
             path = tmp / f"ablation{k}" / f"step{i}.onnx"
             per_step[i].append(fold.quantize(options, pick, path))
             if k == 1:
                 graphs[name] = path
-        graphs.setdefault("fp32", fold.fp32)
         print(f"ablation: fold {k} done", flush=True)
-    speed = images_per_second({"fp32": graphs["fp32"], **{n: graphs[n] for n, _, _ in steps}}, rounds, seconds)
+    speed = {name: {1: float("nan"), 8: float("nan")} for name in graphs}
+    if not args.no_speed:
+        speed = images_per_second(graphs, args.rounds, args.seconds)
     rows = []
     for (name, options, _), results in zip(steps, per_step):
         rows.append(
@@ -269,7 +289,7 @@ def layer_tables(run: Path, tmp: Path, worst: int) -> dict:
     fold = Fold(run, tmp / "debug")
     steps = recipe_steps()
     out = {}
-    for name, options, pick in (steps[0], steps[6]):
+    for name, options, pick in (steps[0], steps[-1]):
         path = tmp / "debug" / f"{pick}-{options.calibration}.onnx"
         fold.quantize(options, pick, path)
         rows = layer_report(fold.fp32, path, fold.inputs)
@@ -289,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="number of folds")
     parser.add_argument("--datasets", nargs="+", default=DATASETS, help="datasets to train the folds on, if absent")
     parser.add_argument("--ablation", action="store_true", help="also measure each step of the int8 recipe")
+    parser.add_argument("--alternatives", action="store_true", help="ablation: also entropy calibration, stem fp32")
+    parser.add_argument("--no-speed", action="store_true", help="ablation: accuracy only, no timing")
     parser.add_argument("--debug-fold", type=int, default=0, help="also print fold K's per-layer error tables")
     parser.add_argument("--worst", type=int, default=12, help="layers in the per-layer tables")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (ablation)")
@@ -306,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print_acceptance(rows)
         if args.ablation:
-            results["ablation"], results["fp32_images_per_s"] = ablation(runs, tmp, args.rounds, args.seconds)
+            results["ablation"], results["fp32_images_per_s"] = ablation(runs, tmp, args)
             print()
             print_ablation(results["ablation"], results["fp32_images_per_s"], len(runs))
         if args.debug_fold:

@@ -436,7 +436,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--int8-keep-fp32",
         action="append",
         metavar="MODULE",
-        help="a backbone module whose layers stay fp32, e.g. model.bn1 (the stem); repeatable "
+        help="a backbone module whose layers stay fp32; repeatable, replaces the default "
+        f"({' '.join(d.keep_fp32)}: the stem and the first block); 'none' quantizes them all "
         "(the heads and what follows them are always fp32)",
     )
     q.add_argument("--int8-symmetric", action="store_true", help="symmetric activation ranges (zero point fixed)")
@@ -453,7 +454,9 @@ def int8_options_from_args(args: argparse.Namespace):
         views=args.int8_views,
         reduce_range={"auto": None, "on": True, "off": False}[args.int8_reduce_range],
         symmetric_activations=args.int8_symmetric,
-        keep_fp32=tuple(args.int8_keep_fp32 or ()),
+        keep_fp32=Int8Options().keep_fp32
+        if args.int8_keep_fp32 is None
+        else tuple(m for m in args.int8_keep_fp32 if m != "none"),
     )
 
 

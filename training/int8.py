@@ -18,11 +18,12 @@ weights) and keeps the result only if the export's gate passes (see
   selection), stay fp32. They are a small share of the work, and they turn
   features into the decision and the box; an 8-bit grid on the final box
   corners alone would move them by up to half a step. ``keep_fp32`` keeps
-  chosen backbone modules in fp32 too.
+  chosen backbone modules in fp32 too: by default the stem and the first block.
 - ``reduce_range`` (7-bit weights) only where the CPU needs it: x86 without a
   VNNI dot-product instruction, whose u8 x s8 kernels saturate int16 sums.
-- ``layer_report`` compares every quantized tensor with its fp32 twin
-  (onnxruntime's ``qdq_loss_debug``) to show where accuracy goes.
+- ``layer_report`` compares every quantized activation with its fp32 twin
+  (the pairing of onnxruntime's ``qdq_loss_debug``, in its dB) to show where
+  accuracy goes; docs/int8.md says how to read it.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # The compute-heavy ops and the activations after them. With Clip/Relu among them the quantizer folds
 # each activation into the Conv before it and quantizes the Conv's output over the clipped range: a
 # ReLU6 network's pre-activation outputs reach far below 0, and an 8-bit grid stretched over that
-# range has few steps left for the [0, 6] that the next layer sees. Shape plumbing (Flatten/Reshape
-# around the box head) stays out: quantized, onnxruntime fused a QGemm with the wrong K there.
+# range has few steps left for the [0, 6] that the next layer sees. Add (the residual sums) keeps the
+# blocks' outputs in int8 from one block to the next. Shape plumbing (Flatten/Reshape around the box
+# head) stays out: quantized, onnxruntime fused a QGemm with the wrong K there.
 OPS_TO_QUANTIZE = ("Conv", "Gemm", "MatMul", "Clip", "Relu", "Add")
 TRUNK = ("backbone",)  # ClsLocNet's feature extractor (clsloc.models.network); what int8 quantizes
+# EfficientNet-Lite's stem conv and first block (a 3x3 depthwise at the highest resolution, where BatchNorm
+# folded into 32 filters leaves them the most uneven ranges) stay fp32: quantized one stage at a time,
+# the first block moved a borderline call the most (docs/int8.md); they are a small share of the work.
+FIRST_LAYERS = ("model.bn1", "blocks.0")
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,11 @@ class Int8Options:
     calibration: str = "percentile"  # minmax | percentile | entropy
     percentile: float = 99.999  # for "percentile": the share of each activation's values the range covers
     images: int = 64  # calibration images, spread over the classes
-    views: int = 4  # inputs per calibration image: the image, then augmented views
+    views: int = 2  # inputs per calibration image: the image, then augmented views
     reduce_range: bool | None = None  # 7-bit weights; None = decided from this CPU's flags
     symmetric_activations: bool = False
     quantize: tuple[str, ...] = TRUNK  # modules whose nodes are quantized (``in_module`` patterns) ...
-    keep_fp32: tuple[str, ...] = ()  # ... except these, e.g. "model.bn1" (the stem)
+    keep_fp32: tuple[str, ...] = FIRST_LAYERS  # ... except these
     ops: tuple[str, ...] = OPS_TO_QUANTIZE
     seed: int = 0
 

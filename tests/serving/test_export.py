@@ -169,24 +169,30 @@ def test_parity_failure_fails_the_export_with_the_numbers(tiny_run, tmp_path, mo
     assert not (tmp_path / "m" / "manifest.json").exists() and not (tmp_path / "m" / "model.onnx").exists()
 
 
-SMALL_INT8 = {"images": 8, "views": 2}
-
-
-def test_int8_is_refused_with_both_numbers_when_it_loses_accuracy(tiny_run, tmp_path, monkeypatch):
+def test_int8_is_refused_with_both_numbers_and_the_command_passes_its_options(tiny_run, tmp_path, monkeypatch, capsys):
+    from clsloc.cli import main
     from clsloc.training import export
-    from clsloc.training.int8 import Int8Options
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", -1.0)  # any int8 model "loses" against this
-    with pytest.raises(export.ExportError) as refused:
-        export.export_run(
-            tiny_run, tmp_path / "m", int8=True, int8_options=Int8Options(**SMALL_INT8), log=lambda *_: None
-        )
-    message = str(refused.value)
-    assert "int8 refused" in message and "fp32: n=" in message and "int8: n=" in message
+    code = main(
+        ["export", str(tiny_run), "--out", str(tmp_path / "m"), "--int8", "--calibration-images", "4",
+         "--int8-views", "2", "--int8-calibration", "minmax", "--int8-reduce-range", "off",
+         "--int8-keep-fp32", "model.bn1", "--int8-debug"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "int8 refused" in err and "fp32: n=" in err and "int8: n=" in err
     kept = Manifest.load(tmp_path / "m")
     assert kept.precision == "fp32" and "onnx_int8" in kept.metrics
     assert kept.extra["int8"]["gate"]["accepted"] is False
     assert not (tmp_path / "m" / "model.int8.onnx").exists()
+    settings = kept.extra["int8"]["settings"]
+    assert settings["calibration"] == "minmax" and settings["reduce_range"] is False
+    assert settings["calibration_inputs"] == 8 and settings["keep_fp32"] == ["model.bn1"]
+    assert "own dB" in out and "accumulated" in out  # --int8-debug: the per-layer table in the log
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--int8", "--int8-views", "0"]) == 2
+    assert "at least 1 image and 1 view" in capsys.readouterr().err
 
 
 def test_int8_is_kept_within_tolerance_with_its_agreement_and_settings(tiny_run, tmp_path, monkeypatch):
@@ -198,7 +204,7 @@ def test_int8_is_kept_within_tolerance_with_its_agreement_and_settings(tiny_run,
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", 1.0)
     lines = []
-    options = Int8Options(**SMALL_INT8, reduce_range=True)
+    options = Int8Options(images=8, views=2, reduce_range=True)
     manifest = export.export_run(tiny_run, tmp_path / "m", int8=True, int8_options=options, log=lines.append)
     assert manifest.precision == "int8"
     graph = onnx.load(str(tmp_path / "m" / "model.onnx")).graph
@@ -207,6 +213,8 @@ def test_int8_is_kept_within_tolerance_with_its_agreement_and_settings(tiny_run,
     dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     assert any("backbone" in name for name in dequantized)
     assert not any("cls_head" in name or "box_head" in name for name in dequantized)  # the heads read fp32 weights
+    assert not any("conv_stem" in name or ".blocks.0." in name for name in dequantized)  # stem, first block: fp32
+    assert any(".blocks.1." in name for name in dequantized)
     assert not (tmp_path / "m" / "model.int8.onnx").exists()
     assert Engine(tmp_path / "m", threads=1).classes == manifest.classes
 
@@ -220,21 +228,6 @@ def test_int8_is_kept_within_tolerance_with_its_agreement_and_settings(tiny_run,
     assert settings["calibration"] == "percentile" and settings["quantize"] == ["backbone"]
     log = "\n".join(lines)
     assert "top-1 agreement" in log and "box IoU to fp32" in log and "reduce_range=True (given)" in log
-
-
-def test_export_command_takes_the_int8_options(tiny_run, tmp_path):
-    result = clsloc(
-        "export", str(tiny_run), "--out", str(tmp_path / "m"), "--int8", "--calibration-images", "4",
-        "--int8-views", "1", "--int8-calibration", "minmax", "--int8-reduce-range", "off",
-        "--int8-keep-fp32", "model.bn1", "--int8-debug",
-    )  # fmt: skip
-    assert result.returncode in (0, 1), result.stderr[-2000:]  # 1: the gate refused, with its reason
-    settings = Manifest.load(tmp_path / "m").extra["int8"]["settings"]
-    assert settings["calibration"] == "minmax" and settings["reduce_range"] is False
-    assert settings["calibration_inputs"] == 4 and settings["keep_fp32"] == ["model.bn1"]
-    assert "own dB" in result.stdout and "accumulated" in result.stdout  # the per-layer table
-    bad = clsloc("export", str(tiny_run), "--out", str(tmp_path / "x"), "--int8", "--int8-views", "0")
-    assert bad.returncode == 2 and "at least 1 image and 1 view" in bad.stderr
 
 
 def test_bentoml_option_stores_model_with_manifest_metadata(exported):
