@@ -46,7 +46,7 @@ MODEL_TAG = _IMPORT_SETTINGS.model if store.looks_like_tag(_IMPORT_SETTINGS.mode
 @bentoml.asgi_app(web_app, path="/")
 class Clsloc:
     if MODEL_TAG:
-        stored_model = bentoml.models.BentoModel(MODEL_TAG)
+        stored_model = store.declared_model(MODEL_TAG)
 
     @bentoml.on_deployment
     def check_model() -> None:

@@ -9,6 +9,7 @@ when ``CLSLOC_MODEL`` is unset (``choose``).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from clsloc.manifest import MANIFEST_FILE, MODEL_FILE
@@ -126,3 +127,35 @@ def choose(requested: str, packed: list[str]) -> tuple[Path, str]:
         "no model to serve: set CLSLOC_MODEL to a model directory or NAME:VERSION, or serve a Bento built "
         f"with one (CLSLOC_MODEL=NAME:VERSION bentoml build) ({available_text()})"
     )
+
+
+def declared_model(tag: str):
+    """``bentoml.models.BentoModel(tag)``, declared by the service so that `bentoml build` packs it.
+
+    A tag missing from the local store is refused with what the store holds,
+    instead of BentoML's attempt at BentoCloud (which clsloc does not use).
+    """
+    return _local_bento_model()(tag)
+
+
+@functools.cache
+def _local_bento_model() -> type:
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    class LocalBentoModel(bentoml.models.BentoModel):
+        def to_info(self, alias: str | None = None):  # bentoml build
+            self._require_local()
+            return super().to_info(alias)
+
+        def resolve(self, base_path=None):  # bentoml serve, before the service's own check
+            self._require_local()
+            return super().resolve(base_path)
+
+        def _require_local(self) -> None:
+            if self.stored is None:
+                raise BentoMLException(
+                    f"model {str(self.tag)!r} is not in the BentoML store ({store_home()}) ({available_text()})"
+                )
+
+    return LocalBentoModel

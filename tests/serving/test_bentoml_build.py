@@ -114,6 +114,21 @@ def built(tmp_path_factory, oracle_dir):
     return {"home": home, "tag": tag, "dir": home / "bentos" / name / version}
 
 
+@pytest.fixture(scope="module")
+def context(built, tmp_path_factory) -> Path:
+    """What `bentoml containerize` hands to docker build: the Bento, its models copied in, the Dockerfile."""
+    out = tmp_path_factory.mktemp("context") / "bento"
+    code = (
+        "import shutil, sys, bentoml\n"
+        "from bentoml._internal.container import construct_containerfile\n"
+        "with construct_containerfile(bentoml.get(sys.argv[1]), enable_buildkit=False) as (ctx, _):\n"
+        "    shutil.copytree(ctx, sys.argv[2])\n"
+    )
+    env = bentoml_env(built["home"])
+    subprocess.run([sys.executable, "-c", code, built["tag"], str(out)], env=env, check=True, timeout=120)
+    return out
+
+
 def wheel_requirements(wheel: Path, extra: str | None = None) -> dict[str, str]:
     """Distribution name -> requirement line, of a wheel's base requirements (or of one extra)."""
     with zipfile.ZipFile(wheel) as zf:
@@ -144,8 +159,8 @@ def test_bento_packs_the_model_and_the_torch_free_wheel(built):
     assert [p.name for p in (built["dir"] / "src").iterdir()] == ["bentofile.yaml"]
 
 
-def test_bento_image_installs_the_cuda_libraries_as_wheels_and_no_torch(built):
-    env_dir = built["dir"] / "env"
+def test_bento_image_installs_the_cuda_libraries_as_wheels_and_no_torch(context):
+    env_dir = context / "env"
     requirements = (env_dir / "python" / "requirements.txt").read_text().split()
     (packed,) = (env_dir / "python" / "wheels").glob("clsloc-*.whl")
     gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
@@ -163,8 +178,8 @@ def test_bento_image_installs_the_cuda_libraries_as_wheels_and_no_torch(built):
     assert re.search(r"^ARG NVIDIA_DRIVER_CAPABILITIES=compute,utility$", dockerfile, re.M)
 
 
-def test_bento_container_runs_as_a_non_root_user(built):
-    lines = (built["dir"] / "env" / "docker" / "Dockerfile").read_text().splitlines()
+def test_bento_container_runs_as_a_non_root_user(context):
+    lines = (context / "env" / "docker" / "Dockerfile").read_text().splitlines()
     args = dict(re.match(r"ARG (\w+)=(\S+)", line).groups() for line in lines if re.match(r"ARG \w+=\S+", line))
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     entrypoint = next(i for i, line in enumerate(lines) if line.startswith("ENTRYPOINT"))
@@ -175,12 +190,12 @@ def test_bento_container_runs_as_a_non_root_user(built):
 
 
 @contextlib.contextmanager
-def serve_bento(built, env: dict, cwd: Path, log: Path):
-    """``bentoml serve NAME:VERSION`` on a free loopback port until ready; always stopped."""
+def serve_bento(bento: str, env: dict, cwd: Path, log: Path):
+    """``bentoml serve BENTO`` (a tag or a folder) on a free loopback port until ready; always stopped."""
     port = free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [BENTOML, "serve", built["tag"], "--host", "127.0.0.1", "--port", str(port)],
+            [BENTOML, "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=env,
             stdout=out,
@@ -211,7 +226,7 @@ def served(built, audit, tmp_path_factory):
     folder, events = audit
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     env = clean_env(built["home"], PYTHONPATH=str(folder), SERVE_AUDIT_LOG=str(events))
-    with serve_bento(built, env, elsewhere, elsewhere / "server.log") as url:
+    with serve_bento(built["tag"], env, elsewhere, elsewhere / "server.log") as url:
         yield url
 
 
@@ -246,8 +261,22 @@ def test_bento_and_clsloc_serve_give_the_same_answers(served, built, tmp_path):
 
 def test_clsloc_model_overrides_the_packed_model(built, tmp_path):
     env = clean_env(built["home"], CLSLOC_MODEL=OTHER)
-    with serve_bento(built, env, tmp_path, tmp_path / "server.log") as url, Client(url) as client:
+    with serve_bento(built["tag"], env, tmp_path, tmp_path / "server.log") as url, Client(url) as client:
         assert client.predict(IMAGES["red.png"])["model"] == {"name": "clsloc-other", "version": "1"}
+
+
+def test_the_container_serves_the_model_copied_into_it(context, tmp_path):
+    """The image's start: `bentoml serve $BENTO_PATH` with the Dockerfile's environment, an empty store."""
+    stored = context / "models" / "clsloc-build-test" / "1"
+    assert {p.name for p in stored.iterdir()} == {"model.yaml", "manifest.json", "model.onnx"}
+    dockerfile = (context / "env" / "docker" / "Dockerfile").read_text()
+    assert "ENV BENTOML_CONTAINERIZED=true" in dockerfile
+    empty_home = tmp_path / "home"
+    empty_home.mkdir()
+    env = clean_env(empty_home, BENTO_PATH=str(context), BENTOML_CONTAINERIZED="true")
+    with serve_bento(str(context), env, context, tmp_path / "server.log") as url, Client(url) as client:
+        assert client.predict(IMAGES["green.jpg"])["model"] == {"name": "clsloc-build-test", "version": "1"}
+    assert not (empty_home / "models").exists() or not any((empty_home / "models").iterdir())
 
 
 def refused_port(port: int) -> bool:
