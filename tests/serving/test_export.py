@@ -21,6 +21,10 @@ def clsloc(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+# One frozen-backbone epoch at 64 px: a real run in seconds.
+QUICK = ["--epochs", "1", "--finetune-epochs", "0", "--image-size", "64", "--threads", "1", "--quiet"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A real training run: 30 synthetic images, 64 px input, one frozen-backbone epoch."""
@@ -32,15 +36,7 @@ def tiny_run(tmp_path_factory):
         str(root / "synth"),
         "--out",
         str(root / "run"),
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--image-size",
-        "64",
-        "--threads",
-        "1",
-        "--quiet",
+        *QUICK,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     return root / "run"
@@ -232,15 +228,7 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
         str(tmp_path / "synth"),
         "--out",
         str(tmp_path / "run"),
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--image-size",
-        "64",
-        "--threads",
-        "1",
-        "--quiet",
+        *QUICK,
         "--box-bins",
         "8",
         "--tta",

@@ -76,19 +76,11 @@ class Killed(Exception):
 
 
 def _resume_config(synth):
+    from conftest import TINY_CONFIG
+
     from clsloc.training.config import TrainConfig
 
-    return TrainConfig(
-        datasets=[str(synth)],
-        backbone="resnet18",
-        pretrained=False,
-        image_size=64,
-        epochs=3,
-        finetune_epochs=2,
-        batch_size=8,
-        patience=0,
-        threads=1,
-    )
+    return TrainConfig(datasets=[str(synth)], **TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
