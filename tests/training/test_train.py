@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG  # at import: inside a test, "conftest" may be another directory's
 
 
 def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsys):
@@ -76,7 +77,6 @@ class Killed(Exception):
 
 
 def _resume_config(synth):
-    from conftest import TINY_CONFIG
 
     from clsloc.training.config import TrainConfig
 
