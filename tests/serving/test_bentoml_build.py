@@ -22,6 +22,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import httpx
 import oracle
 import pytest
 import yaml
@@ -265,10 +266,17 @@ def test_clsloc_model_overrides_the_packed_model(built, tmp_path):
         assert client.predict(IMAGES["red.png"])["model"] == {"name": "clsloc-other", "version": "1"}
 
 
+def model_files(model_dir: Path) -> set[str]:
+    return {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()}
+
+
+SAMPLES = {f"samples/{label}-1.jpg" for label in oracle.CLASSES}  # the oracle's sample images
+
+
 def test_the_container_serves_the_model_copied_into_it(context, tmp_path):
     """The image's start: `bentoml serve $BENTO_PATH` with the Dockerfile's environment, an empty store."""
     stored = context / "models" / "clsloc-build-test" / "1"
-    assert {p.name for p in stored.iterdir()} == {"model.yaml", "manifest.json", "model.onnx"}
+    assert model_files(stored) == {"model.yaml", "manifest.json", "model.onnx", *SAMPLES}
     dockerfile = (context / "env" / "docker" / "Dockerfile").read_text()
     assert "ENV BENTOML_CONTAINERIZED=true" in dockerfile
     empty_home = tmp_path / "home"
@@ -324,14 +332,18 @@ def test_serving_a_bento_never_unpickles(served, audit, built):
     """Serving reads ONNX, JSON and YAML only: no unpickling in any process, no other file of the model."""
     folder, events = audit
     answers(served)  # every route that touches the model, after start-up
+    sample = httpx.get(f"{served}/samples/red-1.jpg", timeout=30)
+    assert sample.status_code == 200 and sample.content[:2] == b"\xff\xd8"
     lines = events.read_text().splitlines()
     assert not [line for line in lines if line.startswith("unpickle")], lines
-    # Python opened only the store's YAML and the manifest (onnxruntime reads model.onnx from C++) ...
-    opened = {Path(line.split(" ", 2)[2]).name for line in lines if line.startswith("open")}
-    assert opened == {"model.yaml", "manifest.json"}, opened
+    # Python opened the store's YAML, the manifest and a sample image (onnxruntime reads model.onnx
+    # from C++) ...
+    models = built["home"] / "models"
+    opened = {Path(line.split(" ", 2)[2]).relative_to(models).as_posix() for line in lines if line.startswith("open")}
+    assert opened == {f"clsloc-build-test/1/{name}" for name in ("model.yaml", "manifest.json", "samples/red-1.jpg")}
+    stored = models / "clsloc-build-test" / "1"
     # ... and the packed model holds nothing else that could be read.
-    stored = built["home"] / "models" / "clsloc-build-test" / "1"
-    assert {p.name for p in stored.iterdir()} == {"model.yaml", "manifest.json", "model.onnx"}
+    assert model_files(stored) == {"model.yaml", "manifest.json", "model.onnx", *SAMPLES}
     # The hook does see unpickling when it happens (so the empty list above means something).
     control = subprocess.run(
         [sys.executable, "-c", "import pickle, collections; pickle.loads(pickle.dumps(collections.OrderedDict()))"],
