@@ -206,8 +206,8 @@ def int8_gate(fp32: dict, int8: dict, agreement: dict) -> dict:
 
 
 def _int8_step(fp32_path: Path, out: Path, train_records, val_records, images, fp32_outputs, ctx: dict, log) -> dict:
-    """Quantize, evaluate and judge: -> {"metrics", "gate", "settings"}; the int8 file is left at
-    ``out/model.int8.onnx`` only when the gate accepts it."""
+    """Quantize, evaluate and judge: -> {"metrics", "gate", "settings", "refusal"}. Accepted, the int8
+    graph replaces ``fp32_path``; refused, it is deleted and "refusal" says why with both sets of numbers."""
     from clsloc.training import int8
 
     options, preprocessing, classes = ctx["options"], ctx["preprocessing"], ctx["classes"]
@@ -241,9 +241,17 @@ def _int8_step(fp32_path: Path, out: Path, train_records, val_records, images, f
                 int8.layer_report(fp32_path, int8_path, np.concatenate(list(batches(preprocessing, images))))
             )
         )
-    if not gate["accepted"]:
+    refusal = None
+    if gate["accepted"]:
+        int8_path.replace(fp32_path)
+    else:
         int8_path.unlink(missing_ok=True)
-    return {"metrics": metrics, "gate": gate, "settings": settings}
+        refusal = (
+            "int8 refused: it loses more than 1 point of accuracy or mean IoU on validation "
+            f"(fp32: {_fmt(ctx['fp32_metrics'])}; int8: {_fmt(metrics)}); "
+            f"the parity-checked fp32 model is written to {out} instead"
+        )
+    return {"metrics": metrics, "gate": gate, "settings": settings, "refusal": refusal}
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -317,8 +325,8 @@ def export_run(
     }
     log(f"export: ONNX on validation: {_fmt(metrics['onnx'])}")
 
-    precision, refusal, extra = "fp32", None, {"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt"}
-    extra["opset"] = OPSET
+    precision, refusal = "fp32", None
+    extra = {"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt", "opset": OPSET}
     if int8:
         ctx = {
             "options": int8_options or Int8Options(),
@@ -330,15 +338,7 @@ def export_run(
         step = _int8_step(fp32_path, out, train_records, val_records, images, fp32_outputs, ctx, log)
         metrics["onnx_int8"] = step["metrics"]
         extra["int8"] = {"settings": step["settings"], "gate": step["gate"]}
-        if step["gate"]["accepted"]:
-            (out / "model.int8.onnx").replace(fp32_path)
-            precision = "int8"
-        else:
-            refusal = (
-                "int8 refused: it loses more than 1 point of accuracy or mean IoU on validation "
-                f"(fp32: {_fmt(metrics['onnx'])}; int8: {_fmt(step['metrics'])}); "
-                f"the parity-checked fp32 model is written to {out} instead"
-            )
+        precision, refusal = ("int8", None) if step["gate"]["accepted"] else ("fp32", step["refusal"])
 
     manifest = Manifest(
         name=name or bentoml_name or run_dir.name,

@@ -110,18 +110,14 @@ def needs_reduce_range(flags: set[str] | None = None, machine: str | None = None
 
 
 def spread_over_classes(records: Sequence, count: int, seed: int = 0) -> list:
-    """Up to ``count`` records taking turns over the classes, each class's order shuffled by ``seed``."""
+    """Up to ``count`` records taking turns over the classes (``overfit.pick_subset``), each class's
+    order shuffled by ``seed`` first."""
+    from clsloc.training.overfit import pick_subset
+
     rng = np.random.default_rng(seed)
-    by_class: dict[str, list] = {}
-    for record in records:
-        by_class.setdefault(record.label, []).append(record)
-    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
-    picked = []
-    while len(picked) < count and any(queues):
-        for queue in queues:
-            if queue and len(picked) < count:
-                picked.append(queue.pop(0))
-    return picked
+    labels = sorted({record.label for record in records})
+    groups = [[record for record in records if record.label == label] for label in labels]
+    return pick_subset([group[i] for group in groups for i in rng.permutation(len(group))], count)
 
 
 def calibration_inputs(records: Sequence, preprocessing: Preprocessing, options: Int8Options, log=print) -> np.ndarray:
