@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
     parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
     parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        help="most API requests one worker holds at once; past it a fast 503 with Retry-After (default 32)",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=0,
@@ -136,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLSLOC_ACCESS_LOG"] = "0"
     if args.max_batch:
         os.environ["CLSLOC_MAX_BATCH"] = str(args.max_batch)
+    if args.max_queue:
+        os.environ["CLSLOC_MAX_QUEUE"] = str(args.max_queue)
     print(
         f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
         f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)",
