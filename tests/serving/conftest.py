@@ -97,9 +97,23 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> No
         )
 
 
+SERVERS: dict[str, subprocess.Popen] = {}  # url -> the ``clsloc serve`` process of each running server
+
+
+def worker_pids(url: str) -> set[int]:
+    """The worker processes of the server at ``url``: BentoML runs each as a child of ``clsloc serve``.
+
+    A worker that died and was restarted has a new pid: tests compare these
+    sets to tell "still up" from "came back".
+    """
+    import psutil
+
+    return {child.pid for child in psutil.Process(SERVERS[url].pid).children() if child.is_running()}
+
+
 @contextlib.contextmanager
-def running_server(model: str, *, env: dict | None = None, log: Path | None = None):
-    """``clsloc serve MODEL`` on a free loopback port; always stopped (whole process group)."""
+def running_server(model: str, *, env: dict | None = None, log: Path | None = None, args: tuple[str, ...] = ()):
+    """``clsloc serve MODEL [ARGS]`` on a free loopback port; always stopped (whole process group)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = log or (_TMP / f"server-{port}.log")
@@ -112,7 +126,7 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
     (home / "models").symlink_to(store, target_is_directory=True)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO,
             env={**os.environ, "BENTOML_HOME": str(home), **(env or {})},
             stdout=out,
@@ -124,8 +138,10 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
             wait_ready(url, process)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; server log:\n{log.read_text()[-3000:]}") from None
+        SERVERS[url] = process
         yield url
     finally:
+        SERVERS.pop(url, None)
         stop_server(process)
 
 

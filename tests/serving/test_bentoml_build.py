@@ -72,7 +72,7 @@ def test_bentoml_build_packs_service_and_pinned_model_without_torch(bentoml_home
     bento_dir = Path(env["BENTOML_HOME"]) / "bentos" / name / version
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert [m["tag"] for m in info["services"][0]["models"]] == [tag]
-    assert {r["route"] for r in info["schema"]["routes"]} == {"/predict_batch"}  # /predict is a mounted route
+    assert {r["route"] for r in info["schema"]["routes"]} == {"/predict", "/predict_batch"}
     # The Bento installs the clsloc wheel, whose own requirements are the torch-free serving install.
     (packed,) = (bento_dir / "env" / "python" / "wheels").glob("clsloc-*.whl")
     packages = wheel_requirements(packed)
