@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,39 @@ def worker_pids(url: str) -> set[int]:
     """
     import psutil
 
-    return {child.pid for child in psutil.Process(SERVERS[url].pid).children() if child.is_running()}
+    children = psutil.Process(SERVERS[url].pid).children()
+    return {child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE}
+
+
+RETRIED_STATUSES = {429, 502, 503, 504}
+
+
+def post_with_retries(http, path: str, files, *, budget: float = 60.0) -> tuple[object, list[tuple[str, float]]]:
+    """POST until answered, as a client with retries does: connection errors and 429/502/503/504 are retried.
+
+    The wait honours ``Retry-After`` when the service sends one, else backs off
+    from 0.1 s. Returns the final response and every attempt as (outcome, seconds).
+    The SDK's own retries (clsloc_client, client issue) follow the same rules.
+    """
+    import httpx
+
+    attempts: list[tuple[str, float]] = []
+    deadline = time.monotonic() + budget
+    while True:
+        started = time.monotonic()
+        try:
+            response = http.post(path, files=files)
+        except httpx.TransportError as exc:
+            attempts.append((type(exc).__name__, time.monotonic() - started))
+            wait = 0.1 * 2 ** min(len(attempts), 4)
+        else:
+            attempts.append((str(response.status_code), time.monotonic() - started))
+            if response.status_code not in RETRIED_STATUSES:
+                return response, attempts
+            wait = float(response.headers.get("retry-after", 0.1 * 2 ** min(len(attempts), 4)))
+        if time.monotonic() + wait > deadline:
+            raise TimeoutError(f"no answer within {budget}s: {attempts}")
+        time.sleep(wait)
 
 
 @contextlib.contextmanager
