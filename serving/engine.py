@@ -240,18 +240,25 @@ class Engine:
         sources = list(sources)
         names = list(names) if names is not None else [None] * len(sources)
         results: list[Prediction | ImageError | None] = [None] * len(sources)
-        pending: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[int, np.ndarray, int, int]] = []  # index, image at the input size, displayed size
 
         def flush() -> None:
-            for (i, _), prediction in zip(pending, self.predict_arrays([rgb for _, rgb in pending])):
-                results[i] = prediction
+            if pending:
+                probs, boxes = self.run(self.preprocessing.normalize(np.stack([small for _, small, _, _ in pending])))
+                for (i, _, width, height), p, box in zip(pending, probs, boxes):
+                    results[i] = self.prediction(p, box, width, height)
             pending.clear()
 
         for i, (source, name) in enumerate(zip(sources, names)):
             try:
-                pending.append((i, self.decode(source, name=name)))
+                image = self.open(source, name=name)
             except ImageError as exc:
                 results[i] = exc
+                continue
+            # Only the input-sized copy waits for the batch: a batch of full-size photos (up to
+            # max_pixels each) would otherwise sit in memory together.
+            pending.append((i, self.preprocessing.resize_image(image), image.width, image.height))
+            image.close()
             if len(pending) >= batch_size:
                 flush()
         flush()
