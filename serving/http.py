@@ -237,6 +237,8 @@ def _in_api_shape(start: dict, body: bytes) -> JSONResponse:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start.get("headers") or []}
     if status in (429, 503):
         return overloaded_response("the service is busy; retry later")
+    if status == 504:  # BentoML's traffic timeout
+        return error_response(504, "timeout", "not answered within the service's time limit; retry later")
     if status >= 500:  # the log has the details; the body never carries internals
         return error_response(status, "server_error", "unexpected error; the server log has the details")
     detail = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "refused"

@@ -69,12 +69,14 @@ REFUSALS = {
         413: "the body or the image is over the byte limit, or the image over the pixel limit",
         415: "an image format that cannot be decoded here (HEIC, AVIF, JPEG XL)",
         503: "overloaded: the worker already holds CLSLOC_MAX_QUEUE requests; retry after Retry-After seconds",
+        504: "not answered within the service's time limit (60 s); retry later",
     },
     "/predict_batch": {
         400: "not multipart/form-data with 1 to CLSLOC_MAX_BATCH_IMAGES files in field 'images'",
         401: "CLSLOC_API_KEY is set and the request has no or a wrong 'Authorization: Bearer' header",
         413: "the body is over the byte limit",
         503: "overloaded: the worker already holds CLSLOC_MAX_QUEUE requests; retry after Retry-After seconds",
+        504: "not answered within the service's time limit (60 s); retry later",
     },
 }
 
