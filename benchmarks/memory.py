@@ -8,8 +8,9 @@ steps, and reports its RSS after each step:
 1. Python with numpy and Pillow; 2. + onnxruntime; 3. + BentoML and the
 service module (what every worker imports); 4. + the model's session;
 5. after one image; 6. after batches of 8 (/predict's micro-batches);
-7. after batches of 16 (/predict_batch's chunks); 8. after decoding and
-running photos from 4 threads for a while (the steady state).
+7. after batches of 16 (/predict_batch's chunks); 8. after every batch
+size from 1 to 16 (onnxruntime plans memory per input shape); 9. after
+decoding and running photos from 4 threads for a while (the steady state).
 
 Variants: onnxruntime's CPU memory arena and memory pattern on or off, and
 glibc's malloc arenas bounded (``MALLOC_ARENA_MAX=2``). Each also reports
@@ -91,16 +92,20 @@ def probe(model_dir: str, options: dict, threads: int, seconds: float) -> dict:
         engine.run(np.stack(tensors[:16]))
     steps["after batches of 16"] = rss_mb()
 
-    def work(k: int) -> int:  # decode + preprocess + run, as the service's threads do
-        batch = [engine.preprocessing(engine.open(photos[(k + i) % len(photos)])) for i in range(8)]
+    def work(size: int) -> int:  # decode + preprocess + run, as the service's threads do
+        batch = [engine.preprocessing(engine.open(photos[(size + i) % len(photos)])) for i in range(size)]
         engine.run(np.stack(batch))
         return len(batch)
 
+    # Every batch size the service makes: /predict's micro-batches 1-8, /predict_batch's chunks 1-16.
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(1, 17)))
+    steps["after every batch size 1-16 from 4 threads"] = rss_mb()
     done, started = 0, time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         while time.perf_counter() - started < seconds:
-            done += sum(pool.map(work, range(4)))
-    steps["after decoding and running from 4 threads"] = rss_mb()
+            done += sum(pool.map(work, [8] * 4))
+    steps["after a steady load at batch 8"] = rss_mb()
     return {"rss_mb": steps, "img_per_s_batch8": done / (time.perf_counter() - started)}
 
 
