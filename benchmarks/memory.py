@@ -113,7 +113,8 @@ def run_variant(model_dir: str, name: str, threads: int, seconds: float) -> dict
     options, env = VARIANTS[name]
     command = [sys.executable, __file__, model_dir, "--probe", json.dumps(options), "--threads", str(threads)]
     command += ["--seconds", str(seconds)]
-    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True, cwd=REPO)
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}  # only the variants that set it
+    result = subprocess.run(command, env={**base, **env}, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

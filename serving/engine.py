@@ -85,6 +85,9 @@ def session_options(threads: int | None = None):
     # measured before filing, spinning on halves end-to-end throughput on 2 cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # onnxruntime's CPU arena keeps the memory of the largest batch it has run for the life of the
+    # process; without it, each run's buffers go back to malloc (benchmarks/memory.py measures both).
+    options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", False)
     return options
 
 

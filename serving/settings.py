@@ -14,6 +14,7 @@ CLSLOC_THREADS             onnxruntime intra-op threads per worker              
 CLSLOC_WORKERS             BentoML worker processes                             1
 CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
 CLSLOC_ACCESS_LOG          0: no log line per request (health probes never)     1
+CLSLOC_ORT_ARENA           1: onnxruntime keeps its CPU memory arena (engine)   0
 =========================  ==================================================  =========
 """
 
