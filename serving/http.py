@@ -124,7 +124,7 @@ class ApiGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in PROBES:
             return await self.app(scope, receive, send)
-        protected = scope["path"] in self.protected
+        protected = self._is_protected(scope["path"])
         send = _json_errors(send, count=protected)
         if not protected:
             return await self.app(scope, receive, send)
@@ -149,6 +149,10 @@ class ApiGuard:
             return await self.app(scope, receive, send)
         finally:
             self.held -= 1
+
+    def _is_protected(self, path: str) -> bool:
+        """A protected route, or under a protected prefix (one that ends in "/")."""
+        return path in self.protected or path.startswith(tuple(p for p in self.protected if p.endswith("/")))
 
     def _refuse_early(self, path: str, headers: dict[str, str]):
         if self.api_key:

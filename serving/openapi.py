@@ -112,6 +112,15 @@ def mounted_paths() -> dict[str, dict]:
             "the served model's manifest (classes, input size, metrics, parity check) and providers in use",
             {"200": _json({"type": "object"}, "the manifest"), "401": _json(ERROR_REF, REFUSALS["/predict"][401])},
         ),
+        "/samples/{name}": _get(
+            "one of the served model's sample images (GET /model lists them)",
+            {
+                "200": {"description": "the image", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+                "401": _json(ERROR_REF, REFUSALS["/predict"][401]),
+                "404": _json(ERROR_REF, "the served model has no sample of that name"),
+            },
+            [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        ),
         "/web/{file}": _get(
             "the web page's script and style",
             {"200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string"}}}}, "404": not_found},

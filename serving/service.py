@@ -109,5 +109,5 @@ class Clsloc:
 
 
 # Outermost first: refusals (auth, size, overload) come before the lean routes answer.
-Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model"))
+Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model", "/samples/"))
 Clsloc.add_asgi_middleware(LeanRoutes)

@@ -1,4 +1,5 @@
-"""Routes mounted into the BentoML service: POST /predict (lean path), GET /model, the web page, /docs."""
+"""Routes mounted into the BentoML service: POST /predict (lean path), GET /model, the model's
+sample images (GET /samples/NAME), the web page, /docs (Swagger UI)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from clsloc.manifest import SAMPLES_DIR
 from clsloc.serving import openapi
 from clsloc.serving.http import UploadProblem, error_response, read_uploads
 
@@ -41,12 +43,22 @@ async def model_info(_request):
     return JSONResponse(service.engine.describe())
 
 
+async def sample(request):
+    """One of the served model's sample images: only the files its manifest lists, nothing else on disk."""
+    engine = bentoml.get_current_service().engine
+    file = f"{SAMPLES_DIR}/{request.path_params['name']}"
+    if file not in {s["file"] for s in engine.manifest.samples}:
+        return error_response(404, "not_found", f"the served model has no sample {request.path_params['name']!r}")
+    return FileResponse(engine.model_dir / file, media_type="image/jpeg")
+
+
 web_app = Starlette(
     routes=[
         Route("/", index, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/model", model_info, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        Route("/samples/{name}", sample, methods=["GET"]),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
     ],
 )
