@@ -60,8 +60,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(live_server,
     command = [SCHEMATHESIS, "--config-file", str(CONFIG), "run", f"{live_server}/docs.json"]
     command += ["--checks", "all", "--max-examples", "40", "--seed", "16", "--workers", "1", "--no-color"]
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "No issues found" in run.stdout
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]  # no failure of any check
     operations = sum(len(methods) for methods in document["paths"].values())
     assert re.search(rf"Tested:\s+{operations}\b", run.stdout), run.stdout[-3000:]  # /predict among them
 
