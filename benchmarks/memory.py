@@ -2,19 +2,19 @@
 
     .venv/bin/python benchmarks/memory.py MODEL_DIR [--json]
 
-Each variant runs in a fresh process that does what a worker does, in
-steps, and reports its RSS after each step:
+Part 1, in one process per variant, the steps of a worker with their RSS:
+Python with numpy and Pillow; + onnxruntime; + BentoML, Starlette and the
+service's modules; + the model's session; after one image; after batches of
+8 (/predict's micro-batches); after batches of 16 (/predict_batch's chunks);
+after every batch size 1-16 (onnxruntime plans memory per input shape); after
+a steady load (photos decoded on 4 threads, one onnxruntime run at a time, as
+a worker does). Variants: onnxruntime's CPU memory arena on or off.
 
-1. Python with numpy and Pillow; 2. + onnxruntime; 3. + BentoML and the
-service module (what every worker imports); 4. + the model's session;
-5. after one image; 6. after batches of 8 (/predict's micro-batches);
-7. after batches of 16 (/predict_batch's chunks); 8. after every batch
-size from 1 to 16 (onnxruntime plans memory per input shape); 9. after
-decoding and running photos from 4 threads for a while (the steady state).
-
-Variants: onnxruntime's CPU memory arena and memory pattern on or off, and
-glibc's malloc arenas bounded (``MALLOC_ARENA_MAX=2``). Each also reports
-img/s at batch 8, so a saving is never bought with speed unnoticed.
+Part 2, the real thing: ``clsloc serve MODEL_DIR`` with each combination of
+``CLSLOC_ORT_ARENA`` and ``MALLOC_ARENA_MAX`` (16 is glibc's own bound on 2
+cores), the worker's RSS when ready, after /predict at concurrency 8 and after
+/predict_batch of 16 photos, and the img/s of each load, so a saving is never
+bought with speed unnoticed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,19 +35,17 @@ sys.path.insert(0, str(REPO))
 
 from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
 
-# name -> (onnxruntime SessionOptions attributes, extra environment)
+# name -> onnxruntime SessionOptions attributes (part 1)
 VARIANTS = {
-    "arena on, pattern on (onnxruntime's defaults)": ({"enable_cpu_mem_arena": True, "enable_mem_pattern": True}, {}),
-    "arena off, pattern on": ({"enable_cpu_mem_arena": False, "enable_mem_pattern": True}, {}),
-    "arena off, pattern off": ({"enable_cpu_mem_arena": False, "enable_mem_pattern": False}, {}),
-    "arena on + MALLOC_ARENA_MAX=2": (
-        {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
-        {"MALLOC_ARENA_MAX": "2"},
-    ),
-    "arena off + MALLOC_ARENA_MAX=2": (
-        {"enable_cpu_mem_arena": False, "enable_mem_pattern": True},
-        {"MALLOC_ARENA_MAX": "2"},
-    ),
+    "arena on (onnxruntime's default)": {"enable_cpu_mem_arena": True},
+    "arena off": {"enable_cpu_mem_arena": False},
+}
+# name -> environment of `clsloc serve` (part 2)
+SERVED = {
+    "arena on, MALLOC_ARENA_MAX=16 (the old settings)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "16"},
+    "arena on, MALLOC_ARENA_MAX=2": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "2"},
+    "arena off, MALLOC_ARENA_MAX=16": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "16"},
+    "arena off, MALLOC_ARENA_MAX=2 (default)": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "2"},
 }
 
 
@@ -92,37 +92,72 @@ def probe(model_dir: str, options: dict, threads: int, seconds: float) -> dict:
         engine.run(np.stack(tensors[:16]))
     steps["after batches of 16"] = rss_mb()
 
-    def work(size: int) -> int:  # decode + preprocess + run, as the service's threads do
-        batch = [engine.preprocessing(engine.open(photos[(size + i) % len(photos)])) for i in range(size)]
-        engine.run(np.stack(batch))
-        return len(batch)
+    run_lock = threading.Lock()  # one onnxruntime run at a time, as in a worker (clsloc.serving.batcher)
+
+    def work(size: int) -> int:  # decode + preprocess on this thread, then run
+        batch = np.stack([engine.preprocessing(engine.open(photos[(size + i) % len(photos)])) for i in range(size)])
+        with run_lock:
+            engine.run(batch)
+        return size
 
     # Every batch size the service makes: /predict's micro-batches 1-8, /predict_batch's chunks 1-16.
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(work, range(1, 17)))
-    steps["after every batch size 1-16 from 4 threads"] = rss_mb()
+    steps["after every batch size 1-16"] = rss_mb()
     done, started = 0, time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         while time.perf_counter() - started < seconds:
             done += sum(pool.map(work, [8] * 4))
-    steps["after a steady load at batch 8"] = rss_mb()
+    steps["after a steady load (4 decoding threads, batch 8)"] = rss_mb()
     return {"rss_mb": steps, "img_per_s_batch8": done / (time.perf_counter() - started)}
 
 
+def served(model_dir: str, env: dict, threads: int, requests: int, tmp: Path) -> dict:
+    """A real worker's RSS when ready, after /predict at concurrency 8, after /predict_batch; img/s of each."""
+    import asyncio
+
+    import httpx
+
+    from serving import closed_loop, free_port, load_photos, server, worker_rss_mb
+
+    photos = load_photos(32)
+    port = free_port()
+    command = [sys.executable, "-m", "clsloc.cli", "serve", model_dir, "--port", str(port), "--threads", str(threads)]
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(tmp / "bentoml"), **env}
+    with server([*command, "--no-access-log"], port, env, tmp / "serve.log") as (url, process):
+        result = {"ready_mb": worker_rss_mb(process.pid)}
+        load = asyncio.run(closed_loop(url, photos, 8, requests, 600))
+        result.update(
+            predict_mb=worker_rss_mb(process.pid), predict_img_per_s=load["throughput"], errors=load["errors"]
+        )
+        files = [("images", (f"{i}.jpg", photos[i % len(photos)])) for i in range(16)]
+        started = time.perf_counter()
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for _ in range(max(1, requests // 32)):
+                result["errors"] += http.post("/predict_batch", files=files).status_code != 200
+        result["batch_img_per_s"] = 16 * max(1, requests // 32) / (time.perf_counter() - started)
+        result["batch_mb"] = worker_rss_mb(process.pid)
+    return result
+
+
 def run_variant(model_dir: str, name: str, threads: int, seconds: float) -> dict:
-    options, env = VARIANTS[name]
-    command = [sys.executable, __file__, model_dir, "--probe", json.dumps(options), "--threads", str(threads)]
+    command = [sys.executable, __file__, model_dir, "--probe", json.dumps(VARIANTS[name]), "--threads", str(threads)]
     command += ["--seconds", str(seconds)]
-    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}  # only the variants that set it
-    result = subprocess.run(command, env={**base, **env}, capture_output=True, text=True, check=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an exported model directory (model.onnx + manifest.json)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default %(default)s)")
-    parser.add_argument("--seconds", type=float, default=20, help="steady-state run per variant")
+    parser.add_argument("--seconds", type=float, default=20, help="steady-state run per variant (part 1)")
+    parser.add_argument("--requests", type=int, default=600, help="/predict requests per served variant")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     add_json_flag(parser)
     args = parser.parse_args(argv)
@@ -131,20 +166,38 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe(args.model, json.loads(args.probe), args.threads, args.seconds)))
         return 0
 
-    results = {}
+    sys.path.insert(0, str(Path(__file__).parent))
+    results: dict = {"model": args.model, "threads": args.threads, "in_process": {}, "served": {}}
     for name in VARIANTS:
-        print(f"{name} ...", flush=True)
-        results[name] = run_variant(args.model, name, args.threads, args.seconds)
-    steps = list(next(iter(results.values()))["rss_mb"])
+        print(f"in-process, {name} ...", flush=True)
+        results["in_process"][name] = run_variant(args.model, name, args.threads, args.seconds)
+    with tempfile.TemporaryDirectory(prefix="clsloc-memory-") as tmp:
+        for name, env in SERVED.items():
+            print(f"served, {name} ...", flush=True)
+            results["served"][name] = served(args.model, env, args.threads, args.requests, Path(tmp))
+
     names = list(VARIANTS)
-    rows = [("RSS (MB) after", *names)]
-    rows += [(step, *(f"{results[n]['rss_mb'][step]:.0f}" for n in names)) for step in steps]
-    rows.append(("img/s at batch 8 (4 threads)", *(f"{results[n]['img_per_s_batch8']:.1f}" for n in names)))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    print()
-    print("\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows))
+    steps = list(results["in_process"][names[0]]["rss_mb"])
+    rows = [("in-process RSS (MB) after", *names)]
+    rows += [(step, *(f"{results['in_process'][n]['rss_mb'][step]:.0f}" for n in names)) for step in steps]
+    rows.append(("img/s at batch 8", *(f"{results['in_process'][n]['img_per_s_batch8']:.1f}" for n in names)))
+    print_table(rows)
+    rows = [("served worker", "ready MB", "/predict c=8 MB", "img/s", "/predict_batch x16 MB", "img/s", "errors")]
+    for name, r in results["served"].items():
+        rows.append(
+            (
+                name,
+                f"{r['ready_mb']:.0f}",
+                f"{r['predict_mb']:.0f}",
+                f"{r['predict_img_per_s']:.1f}",
+                f"{r['batch_mb']:.0f}",
+                f"{r['batch_img_per_s']:.1f}",
+                r["errors"],
+            )
+        )
+    print_table(rows)
     if args.json:
-        save("memory", {"model": args.model, "threads": args.threads, "variants": results}, args)
+        save("memory", results, args)
     return 0
 
 
