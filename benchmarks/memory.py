@@ -42,10 +42,10 @@ VARIANTS = {
 }
 # name -> environment of `clsloc serve` (part 2)
 SERVED = {
-    "arena on, MALLOC_ARENA_MAX=16 (the old settings)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "16"},
-    "arena on, MALLOC_ARENA_MAX=2": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "2"},
+    "arena on, MALLOC_ARENA_MAX=16 (glibc's own bound)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "16"},
+    "arena on, MALLOC_ARENA_MAX=2 (the defaults)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "2"},
     "arena off, MALLOC_ARENA_MAX=16": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "16"},
-    "arena off, MALLOC_ARENA_MAX=2 (default)": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "2"},
+    "arena off, MALLOC_ARENA_MAX=2": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "2"},
 }
 
 

@@ -86,8 +86,10 @@ def session_options(threads: int | None = None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     # onnxruntime's CPU arena keeps the memory of the largest batch it has run for the life of the
-    # process; without it, each run's buffers go back to malloc (benchmarks/memory.py measures both).
-    options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", False)
+    # process, which the service bounds by never running more than CLSLOC_MAX_BATCH images at once.
+    # Without the arena every run allocates (and page-faults) its buffers afresh: less memory, slower
+    # runs (benchmarks/memory.py measures both).
+    options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", True)
     return options
 
 

@@ -104,7 +104,10 @@ class Clsloc:
         BentoML merges concurrent requests into one call (adaptive batching);
         a bad image becomes an error item and the others are still scored.
         """
-        results = self.engine.predict_many(images, names=["uploaded image"] * len(images))
+        # Runs of at most max_batch images, as /predict's: the largest run sets the worker's memory
+        # (onnxruntime's arena keeps it), so neither route may make a bigger one.
+        names = ["uploaded image"] * len(images)
+        results = self.engine.predict_many(images, names=names, batch_size=self.batcher.max_batch)
         return [image_error_item(r) if isinstance(r, ImageError) else self._answer(r) for r in results]
 
 

@@ -7,14 +7,14 @@ CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  
 CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
 CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
 CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
-CLSLOC_MAX_BATCH           most /predict requests sharing one onnxruntime run  8
+CLSLOC_MAX_BATCH           most images in one onnxruntime run (both routes)    8
 CLSLOC_MAX_QUEUE           most API requests a worker holds at once; more: 503  32
 CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    unset
 CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
 CLSLOC_WORKERS             BentoML worker processes                             1
 CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
 CLSLOC_ACCESS_LOG          0: no log line per request (health probes never)     1
-CLSLOC_ORT_ARENA           1: onnxruntime keeps its CPU memory arena (engine)   0
+CLSLOC_ORT_ARENA           0: no onnxruntime CPU arena (less memory, slower)    1
 =========================  ==================================================  =========
 """
 
