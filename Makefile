@@ -50,7 +50,9 @@ audit: $(STAMP)
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
-# A Bento of the service and one pinned model: make bento MODEL=clsloc-default:VERSION
+# A Bento of the service and one model, packed and recorded in it (docs/deploy.md):
+#   make bento MODEL=NAME:VERSION   (default: the newest clsloc-default in the store, pinned at build)
+MODEL ?= clsloc-default
 bento: wheel
 	CLSLOC_MODEL=$(MODEL) $(BIN)/bentoml build
 

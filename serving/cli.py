@@ -179,12 +179,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     import bentoml
+    from bentoml.exceptions import BentoMLException
 
     import clsloc
 
     # The folder holding the `clsloc` package: the checkout, or site-packages when installed.
     working_dir = str(Path(clsloc.__file__).resolve().parent.parent)
-    bentoml.serve(
-        "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
-    )
+    try:
+        bentoml.serve(
+            "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
+        )
+    except BentoMLException as exc:  # the service's start-up check refused the model: nothing was served
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -93,15 +93,21 @@ def session_options(threads: int | None = None):
     return options
 
 
-def create_session(model_path: str | Path, *, threads: int | None = None, require_gpu: bool | None = None):
-    """An onnxruntime session: CUDA when a GPU is there, else CPU; providers in use logged."""
+def create_session(
+    model_path: str | Path, *, threads: int | None = None, require_gpu: bool | None = None, cpu_only: bool = False
+):
+    """An onnxruntime session: CUDA when a GPU is there, else CPU; providers in use logged.
+
+    ``cpu_only`` checks an artifact without touching the GPU (the serving process's
+    start-up check: a CUDA context made there would hold GPU memory for good).
+    """
     import onnxruntime as ort
 
     model_path = Path(model_path)
-    require_gpu = require_gpu_from_env() if require_gpu is None else require_gpu
+    require_gpu = False if cpu_only else (require_gpu_from_env() if require_gpu is None else require_gpu)
     available = ort.get_available_providers()
     wanted = [CPU]
-    if CUDA in available and (_gpu_device_present() or require_gpu):
+    if not cpu_only and CUDA in available and (_gpu_device_present() or require_gpu):
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed
             try:
                 ort.preload_dlls()
@@ -117,7 +123,7 @@ def create_session(model_path: str | Path, *, threads: int | None = None, requir
     in_use = session.get_providers()
     # onnxruntime falls back to CPU silently when CUDA cannot load: say what is really used.
     fell_back = in_use[0] != wanted[0]
-    (log.warning if fell_back else log.info)(
+    (log.warning if fell_back else log.debug if cpu_only else log.info)(
         "onnxruntime %s: providers in use %s (requested %s)%s",
         ort.__version__,
         in_use,
@@ -184,6 +190,7 @@ class Engine:
         require_gpu: bool | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        cpu_only: bool = False,
     ):
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -196,7 +203,7 @@ class Engine:
         if not model_path.is_file():
             raise EngineError(f"{model_path}: missing (an exported model directory holds {MODEL_FILE})")
         self.model_dir = model_dir
-        self.session = create_session(model_path, threads=threads, require_gpu=require_gpu)
+        self.session = create_session(model_path, threads=threads, require_gpu=require_gpu, cpu_only=cpu_only)
         check_graph(self.session, self.manifest, str(model_path))
         self.providers = self.session.get_providers()
         self.preprocessing = self.manifest.preprocessing

@@ -3,8 +3,9 @@
 Routes: POST /predict, POST /predict_batch (adaptive batching), GET /model,
 GET / (web page), GET /docs (Swagger UI of /docs.json), and BentoML's own
 /livez, /readyz, /metrics.
-Settings come from the environment (clsloc.serving.settings); the model is pinned
-by CLSLOC_MODEL (a directory or NAME:VERSION), never an implicit latest.
+Settings come from the environment (clsloc.serving.settings). The model is
+CLSLOC_MODEL (a directory or a pinned NAME:VERSION, never an implicit latest),
+else the model a built Bento packs (clsloc.serving.store.choose).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Annotated
 
 import anyio
 import bentoml
+from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
 from clsloc.images import ImageError
 from clsloc.serving import store
 from clsloc.serving.batcher import MicroBatcher
-from clsloc.serving.engine import Engine
+from clsloc.serving.engine import Engine, EngineError
 from clsloc.serving.http import ApiGuard, counters, image_error_item, image_error_response
 from clsloc.serving.openapi import ImageFailure, PredictResult
 from clsloc.serving.settings import Settings
@@ -28,6 +30,7 @@ from clsloc.serving.webapp import LeanRoutes, web_app
 
 # The engine logs which onnxruntime providers are really in use (CPU fallback is silent otherwise).
 logging.getLogger("clsloc").setLevel(logging.INFO)
+log = logging.getLogger("clsloc.service")
 
 # Read at import only for what BentoML needs at class definition (workers, the packed model);
 # the rest is read when a worker starts (Clsloc.__init__, ApiGuard).
@@ -47,18 +50,26 @@ MODEL_TAG = _IMPORT_SETTINGS.model if store.looks_like_tag(_IMPORT_SETTINGS.mode
 @bentoml.asgi_app(web_app, path="/")
 class Clsloc:
     if MODEL_TAG:
-        stored_model = bentoml.models.BentoModel(MODEL_TAG)
+        stored_model = store.declared_model(MODEL_TAG)
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Once, in the serving process before any worker starts and before the port opens.
+
+        A model that cannot be served stops `bentoml serve` here, non-zero, with
+        the reason; failing in a worker instead would have BentoML restart it in a
+        loop while every request hangs. Checked on CPU: the GPU stays untouched here.
+        """
+        try:
+            model_dir, source = chosen_model(Settings.from_env())
+            Engine(model_dir, threads=1, cpu_only=True)
+        except (store.ModelNotFound, EngineError) as exc:
+            raise BentoMLException(f"the model cannot be served: {exc}") from None
+        log.info("serving model %s from %s", source, model_dir)
 
     def __init__(self) -> None:
         settings = Settings.from_env()
-        if MODEL_TAG and settings.model == MODEL_TAG:
-            model_dir = Path(self.stored_model.path)
-        elif settings.model:
-            model_dir = store.resolve(settings.model)
-        else:
-            raise store.ModelNotFound(
-                "no model: set CLSLOC_MODEL to a model directory or NAME:VERSION (clsloc serve does)"
-            )
+        model_dir, _ = chosen_model(settings)
         self.engine = Engine(
             model_dir, threads=settings.threads, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels
         )
@@ -114,3 +125,8 @@ class Clsloc:
 # Outermost first: refusals (auth, size, overload) come before the lean routes answer.
 Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model", "/samples/"))
 Clsloc.add_asgi_middleware(LeanRoutes)
+
+
+def chosen_model(settings: Settings) -> tuple[Path, str]:
+    """CLSLOC_MODEL, else the model this Bento packs (BentoML sets Clsloc.bento when it loads a Bento)."""
+    return store.choose(settings.model, store.packed_tags(Clsloc.bento, Clsloc.name))

@@ -3,7 +3,7 @@
 =========================  ==================================================  =========
 variable                   meaning                                             default
 =========================  ==================================================  =========
-CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  (required)
+CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  a Bento's packed model
 CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
 CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
 CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
