@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint format browser venv clean wheel bento
+.PHONY: serve test lint format browser venv clean wheel bento audit
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ format: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# pip-audit over the serving install (the wheel's base dependencies and all they pull in, as pinned
+# here); says SKIPPED where no vulnerability service can be reached.
+audit: $(STAMP)
+	$(BIN)/python .ci/audit.py
 
 # The torch-free wheel the Bento installs (offline: setuptools comes from .venv).
 wheel: $(STAMP)

@@ -137,7 +137,7 @@ def worker_rss_mb(root_pid: int) -> float:
 # -- load ----------------------------------------------------------------------------------------------
 
 
-async def _load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+async def closed_loop(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -172,8 +172,8 @@ async def _load(url: str, photos: list[bytes], concurrency: int, requests: int, 
 
 
 def load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
-    asyncio.run(_load(url, photos, concurrency, min(concurrency * 4, 16), 30))  # warm up
-    return asyncio.run(_load(url, photos, concurrency, requests, seconds))
+    asyncio.run(closed_loop(url, photos, concurrency, min(concurrency * 4, 16), 30))  # warm up
+    return asyncio.run(closed_loop(url, photos, concurrency, requests, seconds))
 
 
 # -- in-process, and paired with HTTP ------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def alternating_windows(
     local, remote = [], []
     for _ in range(rounds):
         local.append(in_process_throughput(engine, photos, seconds / rounds))
-        remote.append(asyncio.run(_load(url, photos, concurrency, 10**9, seconds / rounds)))
+        remote.append(asyncio.run(closed_loop(url, photos, concurrency, 10**9, seconds / rounds)))
     best = statistics.median(r["best"] for r in local)
     return {
         "in_process": {
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             results["http"][32] = load(url, photos, 32, args.requests, args.seconds)
             rss_start = worker_rss_mb(process.pid)
             print(f"RSS check: up to {args.leak_requests} requests (cap {args.leak_seconds:.0f}s) ...", flush=True)
-            leak = asyncio.run(_load(url, photos, 8, args.leak_requests, args.leak_seconds))
+            leak = asyncio.run(closed_loop(url, photos, 8, args.leak_requests, args.leak_seconds))
             rss_end = worker_rss_mb(process.pid)
             results["rss"] = {
                 "start_mb": rss_start,

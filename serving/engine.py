@@ -85,6 +85,11 @@ def session_options(threads: int | None = None):
     # machine costs more end-to-end throughput than spinning saves.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # onnxruntime's CPU arena keeps the memory of the largest batch it has run for the life of the
+    # process, which the service bounds by never running more than CLSLOC_MAX_BATCH images at once.
+    # Without the arena every run allocates (and page-faults) its buffers afresh: less memory, slower
+    # runs (benchmarks/memory.py measures both).
+    options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", True)
     return options
 
 
@@ -247,18 +252,25 @@ class Engine:
         sources = list(sources)
         names = list(names) if names is not None else [None] * len(sources)
         results: list[Prediction | ImageError | None] = [None] * len(sources)
-        pending: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[int, np.ndarray, int, int]] = []  # index, image at the input size, displayed size
 
         def flush() -> None:
-            for (i, _), prediction in zip(pending, self.predict_arrays([rgb for _, rgb in pending])):
-                results[i] = prediction
+            if pending:
+                probs, boxes = self.run(self.preprocessing.normalize(np.stack([small for _, small, _, _ in pending])))
+                for (i, _, width, height), p, box in zip(pending, probs, boxes):
+                    results[i] = self.prediction(p, box, width, height)
             pending.clear()
 
         for i, (source, name) in enumerate(zip(sources, names)):
             try:
-                pending.append((i, self.decode(source, name=name)))
+                image = self.open(source, name=name)
             except ImageError as exc:
                 results[i] = exc
+                continue
+            # Only the input-sized copy waits for the batch: a batch of full-size photos (up to
+            # max_pixels each) would otherwise sit in memory together.
+            pending.append((i, self.preprocessing.resize_image(image), image.width, image.height))
+            image.close()
             if len(pending) >= batch_size:
                 flush()
         flush()

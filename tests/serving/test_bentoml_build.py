@@ -148,7 +148,7 @@ def wheel_requirements(wheel: Path, extra: str | None = None) -> dict[str, str]:
 def test_bento_packs_the_model_and_the_torch_free_wheel(built):
     info = yaml.safe_load((built["dir"] / "bento.yaml").read_text())
     assert [m["tag"] for m in info["services"][0]["models"]] == [PACKED]  # the build-time tag, recorded
-    assert {r["route"] for r in info["schema"]["routes"]} == {"/predict_batch"}  # /predict is a mounted route
+    assert {r["route"] for r in info["schema"]["routes"]} == {"/predict", "/predict_batch"}
     (packed,) = (built["dir"] / "env" / "python" / "wheels").glob("clsloc-*.whl")
     packages = set(wheel_requirements(packed))
     assert {"onnxruntime-gpu", "bentoml", "pillow"} <= packages, packages
