@@ -326,12 +326,14 @@ def int8_comparison(run: Path, tmp: Path, photos: list[bytes], env: dict, args) 
                 server([*command, "--threads", str(args.threads)], port, env, tmp / f"{k}.log")
             )
             urls[k] = url
-            asyncio.run(_load(url, photos, 8, 32, 30))  # warm up
+            asyncio.run(closed_loop(url, photos, 8, 32, 30))  # warm up
         for r in range(args.rounds):
             for k in manifests:
                 print(f"round {r + 1}/{args.rounds}: {k} in-process, then HTTP c=8 ...", flush=True)
                 windows[k]["in_process"].append(in_process_throughput(engines[k], photos, args.seconds)["best"])
-                windows[k]["http8"].append(asyncio.run(_load(urls[k], photos, 8, 10**9, args.seconds))["throughput"])
+                windows[k]["http8"].append(
+                    asyncio.run(closed_loop(urls[k], photos, 8, 10**9, args.seconds))["throughput"]
+                )
     results = {
         k: {
             "precision": manifests[k].precision,
