@@ -22,6 +22,14 @@ DEFAULT_MODEL = "clsloc-default"
 # The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes (a placeholder:
 # 2 cached views, not training's 8, keep the first start quick).
 DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8, "cache_views": 2}
+DEFAULT_DESCRIPTION = (
+    "Demo model made by `clsloc serve` on first use, trained on synthetic shapes: it knows circle, square and "
+    "triangle, nothing else, so a photo of anything comes back as one of those."
+)
+OWN_MODEL_HINT = """to serve a model of your own:
+  clsloc train DATASET... --out runs/mine                       (Pascal VOC, COCO, YOLO or CSV; see clsloc data check)
+  clsloc export runs/mine --out models/mine --bentoml mine
+  clsloc serve mine"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
     parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
     parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        help="most API requests one worker holds at once; past it a fast 503 with Retry-After (default 32)",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=0,
-        help="most concurrent /predict requests merged into one onnxruntime run (default 8)",
+        help="most images in one onnxruntime run: /predict requests merged, /predict_batch chunks (default 8)",
     )
 
 
@@ -78,7 +92,7 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
         if recipe.get("image_size"):
             train += ["--image-size", str(recipe["image_size"])]
         _clsloc(*train)
-        _clsloc("export", str(run), "--out", str(out), "--bentoml", name)
+        _clsloc("export", str(run), "--out", str(out), "--bentoml", name, "--description", DEFAULT_DESCRIPTION)
     from clsloc.serving import store
 
     tag = store.latest_tag(name)
@@ -111,6 +125,21 @@ def resolve_model(ref: str, *, create_default: bool = True) -> str:
     )
 
 
+def describe(model: str) -> None:
+    """Say what the served model knows before serving it, and how to serve another."""
+    from clsloc.manifest import Manifest, ManifestError
+    from clsloc.serving import store
+
+    try:
+        manifest = Manifest.load(store.resolve(model))
+    except (ManifestError, store.ModelNotFound) as exc:  # the service itself reports it in full
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return
+    print(manifest.summary(), flush=True)
+    if model.split(":")[0] == DEFAULT_MODEL or manifest.name == DEFAULT_MODEL:
+        print(OWN_MODEL_HINT, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     from clsloc.serving.store import ModelNotFound
@@ -126,8 +155,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"clsloc serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
+    describe(model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["CLSLOC_MODEL"] = model  # pinned: a directory or NAME:VERSION
+    # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and memory freed
+    # in one arena is not reused by the others: decoding threads and onnxruntime's would hold a
+    # high-water mark each. The workers inherit this (benchmarks/memory.py measures the difference).
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     os.environ["CLSLOC_WORKERS"] = str(args.workers)
     os.environ["CLSLOC_THREADS"] = str(args.threads or max(1, cpus // args.workers))
     if args.max_bytes:
@@ -136,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLSLOC_ACCESS_LOG"] = "0"
     if args.max_batch:
         os.environ["CLSLOC_MAX_BATCH"] = str(args.max_batch)
+    if args.max_queue:
+        os.environ["CLSLOC_MAX_QUEUE"] = str(args.max_queue)
     print(
         f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
         f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)",
@@ -143,12 +179,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     import bentoml
+    from bentoml.exceptions import BentoMLException
 
     import clsloc
 
     # The folder holding the `clsloc` package: the checkout, or site-packages when installed.
     working_dir = str(Path(clsloc.__file__).resolve().parent.parent)
-    bentoml.serve(
-        "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
-    )
+    try:
+        bentoml.serve(
+            "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
+        )
+    except BentoMLException as exc:  # the service's start-up check refused the model: nothing was served
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 CONFIG_FILE = "config.json"
+RECIPE_FILE = "config.yaml"  # the training options alone: clsloc train --config RUN_DIR/config.yaml repeats the run
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"

@@ -23,8 +23,10 @@ from clsloc_client import (
     Client,
     InputError,
     Prediction,
+    Retry,
     TooLarge,
     Unauthorized,
+    Unavailable,
     UnsupportedFormat,
 )
 
@@ -184,3 +186,24 @@ def test_async_wait_ready_and_health(live_server):
 
     healthy, unhealthy, waited = asyncio.run(main())
     assert healthy and not unhealthy and waited < 5
+
+
+def test_an_overloaded_service_sheds_and_the_retries_get_every_image_through(oracle_dir):
+    """The service's admission bound (CLSLOC_MAX_QUEUE) answers 503 overloaded with Retry-After;
+    without retries some images end as Unavailable, with them every image is scored."""
+    with running_server(str(oracle_dir), env={"CLSLOC_MAX_QUEUE": "1"}) as url:
+
+        async def main():
+            async with AsyncClient(url, retries=0) as impatient:
+                shed = await impatient.predict_many([RED] * 24, concurrency=24)
+            async with AsyncClient(url, retries=Retry(retries=10, budget=60)) as patient:
+                started = time.monotonic()
+                kept = await patient.predict_many([RED] * 24, concurrency=24)
+            return shed, kept, time.monotonic() - started
+
+        shed, kept, elapsed = asyncio.run(main())
+    refused = [r for r in shed if not isinstance(r, Prediction)]
+    assert refused and all(isinstance(r, Unavailable) for r in refused)
+    assert {(r.status, r.error, r.retry_after, r.attempts) for r in refused} == {(503, "overloaded", 1.0, 1)}
+    assert all(isinstance(r, Prediction) and r.label == "red" for r in kept), kept
+    assert elapsed < 30
