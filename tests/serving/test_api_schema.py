@@ -73,8 +73,8 @@ def test_bentomls_client_calls_both_endpoints_and_agrees_with_the_sdk(live_serve
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(oracle.object_image(label, box))
     with bentoml.SyncHTTPClient(live_server) as bento, Client(live_server) as ours:
-        assert bento.predict(image=paths[0]) == ours.predict(paths[0])
-        assert bento.predict_batch(images=paths) == ours.predict_batch(paths)
+        assert bento.predict(image=paths[0]) == ours.predict(paths[0]).to_dict()
+        assert bento.predict_batch(images=paths) == [r.to_dict() for r in ours.predict_batch(paths)]
         assert [r["label"] for r in bento.predict_batch(images=paths)] == ["red", "blue"]
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not an image")

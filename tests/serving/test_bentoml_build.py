@@ -28,7 +28,7 @@ import pytest
 import yaml
 from conftest import REPO, free_port, running_server, stop_server, wait_ready
 
-from clsloc_client import Client
+from clsloc_client import Client, ModelRef
 
 pytestmark = pytest.mark.slow
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -243,7 +243,7 @@ def test_bento_serves_its_packed_model_with_nothing_set(served, built):
         assert client.health()  # /readyz
         answer = client.predict(IMAGES["red.png"])
         info = client.model_info()
-    assert answer["label"] == "red" and answer["model"] == {"name": "clsloc-build-test", "version": "1"}
+    assert answer.label == "red" and answer.model == ModelRef("clsloc-build-test", "1")
     stored = json.loads((built["home"] / "models" / "clsloc-build-test" / "1" / "manifest.json").read_text())
     assert {k: v for k, v in info.items() if k != "providers"} == stored
 
@@ -257,13 +257,13 @@ def test_bento_and_clsloc_serve_give_the_same_answers(served, built, tmp_path):
     with running_server(PACKED, env={"BENTOML_HOME": str(home)}) as url:
         from_clsloc_serve = answers(url)
     assert from_bento == from_clsloc_serve
-    assert [a.get("label") for a in from_bento["batch"]] == ["red", "green", "blue"]
+    assert [a.label for a in from_bento["batch"]] == ["red", "green", "blue"]
 
 
 def test_clsloc_model_overrides_the_packed_model(built, tmp_path):
     env = clean_env(built["home"], CLSLOC_MODEL=OTHER)
     with serve_bento(built["tag"], env, tmp_path, tmp_path / "server.log") as url, Client(url) as client:
-        assert client.predict(IMAGES["red.png"])["model"] == {"name": "clsloc-other", "version": "1"}
+        assert client.predict(IMAGES["red.png"]).model == ModelRef("clsloc-other", "1")
 
 
 def model_files(model_dir: Path) -> set[str]:
@@ -283,7 +283,7 @@ def test_the_container_serves_the_model_copied_into_it(context, tmp_path):
     empty_home.mkdir()
     env = clean_env(empty_home, BENTO_PATH=str(context), BENTOML_CONTAINERIZED="true")
     with serve_bento(str(context), env, context, tmp_path / "server.log") as url, Client(url) as client:
-        assert client.predict(IMAGES["green.jpg"])["model"] == {"name": "clsloc-build-test", "version": "1"}
+        assert client.predict(IMAGES["green.jpg"]).model == ModelRef("clsloc-build-test", "1")
     assert not (empty_home / "models").exists() or not any((empty_home / "models").iterdir())
 
 
