@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
+
 DATASETS = [str(ROOT / "../shared/datasets/raccoon"), str(ROOT / "../shared/datasets/kangaroo")]
 
 
@@ -59,8 +61,9 @@ def main() -> int:
         "--rounds",
         type=int,
         default=5,
-        help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)",
+        help="rounds of loops; the ratios are medians over them (one round alone is noisy)",
     )
+    add_json_flag(parser)
     args = parser.parse_args()
 
     from clsloc.training.cpu import tune_cpu_allocator
@@ -242,6 +245,13 @@ def main() -> int:
         f"depthwise and norm kept (and folded) / trained: {dense_ratio:.2f}x "
         f"(medians of {len(bares)} back-to-back pairs)"
     )
+    if args.json:
+        loops = {"bare": bares, "unfolded": unfolded, "everything_trained": everything, "fresh": fresh}
+        loops.update({"fresh_no_prefetch": serial, "cached": cached})
+        ratios = {"fresh_over_bare": fresh_ratio, "cached_over_bare": cached_ratio, "prefetch": prefetch_ratio}
+        ratios.update({"folded_over_unfolded": fold_ratio, "kept_over_trained": dense_ratio})
+        save("train_speed", {"images_per_s": loops, "ratios": ratios, "cache_ms_per_image_view": cache_ms,
+                             "augment_ms": {"draws": draw_ms, "pixels": pixel_ms}}, args)  # fmt: skip
     return 0
 
 

@@ -187,6 +187,14 @@ class Run:
     def per_rank_batch(self) -> int:
         return max(1, self.config.batch_size // distributed.world_size())
 
+    def evaluate(self, forward, loader) -> dict:
+        """The validation report (``clsloc.metrics``) and loss of ``forward`` over ``loader``."""
+        config = self.config
+        return evaluate(
+            forward, loader, self.splits.val, self.classes, self.device,
+            box_kind=config.box_loss, box_weight=config.box_weight, box_target=config.box_target, amp=self.amp,
+        )  # fmt: skip
+
     def save_last(self, optimizer, scheduler, scaler) -> None:
         save_checkpoint(
             self.run_dir / "last.pt",
@@ -414,17 +422,7 @@ def validate_epoch(run: Run, loop: Loop, epoch: int, stats: EpochStats) -> dict:
     """Score the epoch on validation; keep its weights as the best when the monitored metric improved."""
     config, state = run.config, run.state
     run.model.eval()
-    report = evaluate(
-        loop.plan.val_forward or loop.plan.trainable,
-        loop.val_loader,
-        run.splits.val,
-        run.classes,
-        run.device,
-        box_kind=config.box_loss,
-        box_weight=config.box_weight,
-        box_target=config.box_target,
-        amp=run.amp,
-    )
+    report = run.evaluate(loop.plan.val_forward or loop.plan.trainable, loop.val_loader)
     record = epoch_record(loop, epoch, stats, report)
     monitored = report["loss"] if config.monitor == "loss" else report[config.monitor]
     improved = better(monitored, state.best_value, config.monitor)

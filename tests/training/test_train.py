@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG  # at import: inside a test, "conftest" may be another directory's
 
 
 def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsys):
@@ -77,19 +78,10 @@ class Killed(Exception):
 
 
 def _resume_config(synth):
+
     from clsloc.training.config import TrainConfig
 
-    return TrainConfig(
-        datasets=[str(synth)],
-        backbone="resnet18",
-        pretrained=False,
-        image_size=64,
-        epochs=3,
-        finetune_epochs=2,
-        batch_size=8,
-        patience=0,
-        threads=1,
-    )
+    return TrainConfig(datasets=[str(synth)], **TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
