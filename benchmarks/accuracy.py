@@ -54,6 +54,53 @@ def mean_box_baseline(splits) -> dict:
     return summarize(rows)
 
 
+# Box size as a share of the image area, as ``clsloc evaluate``'s report will group it (issue 18): an
+# object whose box spans less than a third of each side is small, two thirds or more large.
+SIZE_SHARES = (1 / 9, 4 / 9)
+
+
+def size_group(record) -> str:
+    x0, y0, x1, y1 = record.box
+    share = (x1 - x0) * (y1 - y0) / (record.width * record.height)
+    return "small" if share < SIZE_SHARES[0] else "medium" if share < SIZE_SHARES[1] else "large"
+
+
+def breakdown(predictions: list[dict], records, classes) -> dict:
+    """Every held-out prediction (pooled over the folds) scored by group (``clsloc.metrics``): single- vs
+    multi-object images, each class, and the target box's size -> {group: {n, accuracy, mean_iou, loc_accuracy}}."""
+    import numpy as np
+
+    from clsloc.metrics import evaluate_records
+
+    by_image = {str(r.image): r for r in records}
+    pairs = [(by_image[p["image"]], p) for p in predictions]
+    groups: dict[str, list] = {"all": pairs}
+    for name, keep in [
+        ("single object", lambda r: len(r.objects) == 1),
+        ("several objects", lambda r: len(r.objects) > 1),
+        *[(f"class {c}", lambda r, c=c: r.label == c) for c in classes],
+        *[(f"{size} box", lambda r, size=size: size_group(r) == size) for size in ("small", "medium", "large")],
+    ]:
+        groups[name] = [(r, p) for r, p in pairs if keep(r)]
+    table = {}
+    for name, members in groups.items():
+        if members:
+            recs, preds = zip(*members)
+            boxes = np.array([p["box"] for p in preds], dtype=np.float64)
+            report = evaluate_records(recs, [p["label"] for p in preds], boxes, classes)
+            table[name] = {"n": len(recs), **{k: report[k] for k in KEYS}}
+    return table
+
+
+def format_breakdown(name: str, table: dict) -> str:
+    lines = [
+        f"breakdown of {name} (held-out images of every fold):",
+        f"{'group':<18}{'n':>5}" + "".join(f"{k:>14}" for k in KEYS),
+    ]
+    lines += [f"{g:<18}{r['n']:>5}" + "".join(f"{r[k]:>14.3f}" for k in KEYS) for g, r in table.items()]
+    return "\n".join(lines)
+
+
 def summarize(rows: list[dict]) -> dict:
     import numpy as np
 
@@ -80,6 +127,11 @@ def main() -> int:
         default=[],
         metavar="C",
         help="also score ours' trained folds with a refining pass of each context C (the same weights)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print (and save) ours' held-out predictions by group: single/several objects, class, box size",
     )
     add_train_arguments(parser, datasets=False)
     add_json_flag(parser)
@@ -136,6 +188,13 @@ def main() -> int:
                 print(f"mean IoU ours / {other}: {ratio:.2f}x")
         ok = {k: results["ours"]["mean"][k] >= GOAL[k] for k in KEYS}
         print("goal (ours): " + "  ".join(f"{k} >= {GOAL[k]}: {'met' if v else 'NOT met'}" for k, v in ok.items()))
+    if args.breakdown:
+        records = [r for split in splits for r in split.val]
+        for name, r in results.items():
+            if name.startswith("ours"):
+                predictions = r.get("predictions") or [p for fold in r["folds"] for p in fold["predictions"]]
+                r["breakdown"] = breakdown(predictions, records, classes)
+                print("\n" + format_breakdown(name, r["breakdown"]))
     if args.json:
         save("accuracy", {"results": results, "seconds": seconds}, args)
     return 0
