@@ -90,9 +90,10 @@ class TrainConfig:
         "model",
     )
     refine_context: float = option(
-        0.0,
+        1.25,
         "refining pass: look again at a square window of this many times the first box's longer side "
-        "around it and regress the box there (0 = one pass; the final report, export and serving)",
+        "around it and regress the box there (0 = one pass; the final report, export and serving; "
+        "it doubles the cost of a prediction)",
         "model",
     )
     # -- schedule
