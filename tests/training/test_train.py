@@ -393,7 +393,8 @@ def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth
     from clsloc.training.data import prepare_splits
     from clsloc.training.fit import fit
 
-    config = tiny_config([synth], epochs=1, finetune_epochs=2, tta=False, finetune_depth=0.5)
+    # Per-epoch validation runs the plain model: no mirror pass, no refining pass in the final report either.
+    config = tiny_config([synth], epochs=1, finetune_epochs=2, tta=False, refine_context=0.0, finetune_depth=0.5)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
     result = fit(config, splits, None, progress=False, log_epochs=False, select_best=False)
     last = result.history[-1]
