@@ -9,7 +9,8 @@ folds (the same folds, for a cheaper first look at a change).
 Same folds, same run, side by side:
 
 * ours     — ``clsloc train`` defaults (box head on the feature map, frozen stage
-             on cached features, then fine-tuning with augmentation);
+             on cached features, then fine-tuning with augmentation; scored as
+             exported: mirror pass and refining pass included);
 * pooled   — the same recipe with the box head on pooled features (``--attach pooled``);
 * meanbox  — no network: the majority training class and the mean training box.
 
@@ -173,7 +174,8 @@ def main() -> int:
     print(
         f"\n{folds} on {n} photos ({', '.join(classes)}), "
         f"recipe ({config.backbone} at {config.image_size or 'its own'} px, head on the map, "
-        f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'})"
+        f"{config.epochs} frozen + {config.finetune_epochs} fine-tune epochs, test-time flip {'on' if config.tta else 'off'}, "
+        f"refining pass {config.refine_context:g})"
     )
     header = f"{'variant':<18}" + "".join(f"{k:>22}" for k in KEYS) + f"{'time':>9}"
     print(header)
