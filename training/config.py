@@ -208,6 +208,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def loss_options(self) -> dict:
+        """The box loss's keyword arguments (``clsloc.training.engine``: compute_loss, train_one_epoch, evaluate)."""
+        return {"box_kind": self.box_loss, "box_weight": self.box_weight, "box_target": self.box_target}
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}

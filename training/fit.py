@@ -189,11 +189,8 @@ class Run:
 
     def evaluate(self, forward, loader) -> dict:
         """The validation report (``clsloc.metrics``) and loss of ``forward`` over ``loader``."""
-        config = self.config
-        return evaluate(
-            forward, loader, self.splits.val, self.classes, self.device,
-            box_kind=config.box_loss, box_weight=config.box_weight, box_target=config.box_target, amp=self.amp,
-        )  # fmt: skip
+        loss = self.config.loss_options()
+        return evaluate(forward, loader, self.splits.val, self.classes, self.device, **loss, amp=self.amp)
 
     def save_last(self, optimizer, scheduler, scaler) -> None:
         save_checkpoint(
@@ -395,9 +392,7 @@ def train_epoch(run: Run, loop: Loop, epoch: int) -> EpochStats:
         loop.forward,
         loader,
         loop.optimizer,
-        box_kind=config.box_loss,
-        box_weight=config.box_weight,
-        box_target=config.box_target,
+        **config.loss_options(),
         device=run.device,
         scaler=loop.scaler,
         scheduler=loop.scheduler,
@@ -516,9 +511,7 @@ def score(model, records, store: ImageStore, classes, config: TrainConfig, devic
         records,
         classes,
         device,
-        box_kind=config.box_loss,
-        box_weight=config.box_weight,
-        box_target=config.box_target,
+        **config.loss_options(),
         amp=amp,
         keep_predictions=True,
     )

@@ -62,15 +62,7 @@ def sanity_check(
     features, labels, targets = (t.to(device) for t in data.tensors)
     with torch.no_grad():
         logits, boxes = model.forward_heads(features)
-        parts = compute_loss(
-            logits,
-            boxes,
-            labels,
-            targets,
-            box_kind=config.box_loss,
-            box_weight=config.box_weight,
-            box_target=config.box_target,
-        )
+        parts = compute_loss(logits, boxes, labels, targets, **config.loss_options())
         centred = torch.tensor(PRIOR_BOX, device=device).expand(len(targets), 4)
         expected_box = float(box_loss(centred, chosen_targets(centred, targets, config.box_target), config.box_loss))
         penalty = float(l2_penalty(model.head_parameters()))
