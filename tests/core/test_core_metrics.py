@@ -79,7 +79,8 @@ def test_evaluate_records_table_and_plot(tmp_path):
     assert report["confusion"]["classes"] == CLASSES
     assert report["loc_accuracy"] == 0.5 and report["mean_iou"] == 1.0  # second cat box counts
     table = format_table(report)
-    assert "cat" in table.splitlines()[-2] and "0.500" in table
+    cat_row = next(line for line in table.splitlines() if line.startswith("cat "))
+    assert cat_row.split()[1:3] == ["1", "1.000"]  # one cat image, classified right
     png = tmp_path / "confusion.png"
     plot_confusion(report, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
