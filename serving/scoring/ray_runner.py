@@ -174,7 +174,7 @@ def run_ray(
         model_dir = Path(model_dir)
         model_files = {name: (model_dir / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
         actors = _actors(settings)
-        dataset = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0.25)
+        dataset = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0)
         scored = dataset.map_batches(
             RayScorer,
             fn_constructor_kwargs=dict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import oracle
@@ -51,7 +52,7 @@ def _voc(filename: str, width: int, height: int, objects) -> str:
         for label, (x, y, w, h) in objects
     )
     return (
-        f"<annotation><filename>{filename}</filename><size><width>{width}</width>"
+        f"<annotation><filename>{escape(filename)}</filename><size><width>{width}</width>"
         f"<height>{height}</height><depth>3</depth></size>{body}</annotation>"
     )
 

@@ -212,3 +212,32 @@ def test_gpu_required_without_one_is_a_clear_error(oracle_dir, tmp_path, capsys)
     scoring_data.write_images(tmp_path / "in", 2)
     assert score(oracle_dir, tmp_path / "in", "--out", tmp_path / "rows.jsonl", "--gpu") == 1
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_score_and_evaluate_run_with_torch_blocked(oracle_dir, tmp_path):
+    """Both commands, report included, in an interpreter where importing torch fails."""
+    import subprocess
+    import sys
+
+    root = scoring_data.write_voc(tmp_path / "voc", [("a", [("red", (10, 10, 60, 40))], (160, 120))])
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'): raise ImportError('torch blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from clsloc.cli import main\n"
+        "m, data, out, report = sys.argv[1:]\n"
+        "assert main(['score', m, data, '--out', out, '--quiet']) == 0\n"
+        "assert main(['evaluate', m, data, '--report', report, '--quiet']) == 0\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'torchvision')]\n"
+    )
+    out, report = tmp_path / "rows.parquet", tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(oracle_dir), str(root), str(out), str(report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.is_file() and report.read_text().count("data:image/") == 4
