@@ -1,0 +1,313 @@
+"""Batch scoring benchmark, one run, side by side: ``clsloc score`` against its ceiling, Ray against local.
+
+    .venv/bin/python benchmarks/batch.py --model MODEL_DIR [--int8-model DIR] [--json]
+    .venv/bin/python benchmarks/batch.py                  # makes a quick model first (same network, 1 epoch)
+
+Inputs: the shared labelled photos (``../shared/datasets/{raccoon,kangaroo}``,
+real sizes, read in place) behind N symbolic links in a temporary folder, so
+2,000 or 10,000 inputs are distinct paths without copying a photo. Without
+the shared photos, synthetic JPEGs of the same sizes are written there.
+
+1. Ceiling, measured first in the same run: one thread's decode + preprocess
+   time per photo (``Engine.open`` + the manifest's preprocessing) and one
+   thread's onnxruntime time per image in batches of ``--batch-size``;
+   ceiling = cores / (decode + model): every core busy with useful work and
+   nothing else. Goal: local ``clsloc score`` >= 0.9x of it.
+2. Peak RSS of ``clsloc score`` (its own VmHWM) on ``--rss`` 1,000 and 10,000
+   images. Goal: <= 1.2x.
+3. ``--engine ray`` on this machine (a local Ray instance started by the job)
+   against local on the same inputs. Goal: >= 0.7x. Ray's start-up (ray.init,
+   actors, the model shipped to them) is measured on a 16-image job and
+   reported beside the steady-state rate.
+4. With ``--int8-model`` (an int8 export), 1 and 3 again for it.
+5. With ``--gpu`` (onnxruntime's CUDA provider required): the GPU's
+   network-only images/s replaces the CPU model time in the ceiling, decoding
+   stays on the CPU (``benchmarks/gpu_batch_check.sh``).
+
+Every job runs as its own ``clsloc score`` process, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
+
+SHARED = REPO.parent / "shared" / "datasets"
+DATASETS = [SHARED / "raccoon", SHARED / "kangaroo"]
+
+# Runs `clsloc ARGS...` and prints its own peak RSS: VmHWM is this program's high-water mark since exec
+# (getrusage's maxrss would carry over the parent it was forked from).
+MEASURED = """
+import re, sys
+from clsloc.cli import main
+code = main(sys.argv[1:])
+print("VmHWM", re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+sys.exit(code)
+"""
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+
+
+def photo_files(work: Path) -> tuple[list[Path], str]:
+    """The shared photos, or synthetic JPEGs of the same sizes when they are not here."""
+    from clsloc.serving.scoring.inputs import walk_images
+
+    found = [Path(p) for d in DATASETS if d.is_dir() for p in walk_images(d)]
+    if found:
+        return found, f"{len(found)} shared photos ({', '.join(d.name for d in DATASETS)})"
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = work / "synthetic"
+    folder.mkdir()
+    sizes = [(500, 375), (640, 480), (450, 600), (1024, 768)]
+    for i in range(200):
+        w, h = sizes[i % len(sizes)]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg", quality=90)
+    return sorted(folder.glob("*.jpg")), "200 synthetic JPEGs (the shared photos are not here)"
+
+
+def linked_inputs(photos: list[Path], n: int, work: Path) -> Path:
+    """A list file of ``n`` distinct paths: symbolic links cycling through ``photos``."""
+    folder = work / f"links-{n}"
+    folder.mkdir()
+    links = []
+    for i in range(n):
+        source = photos[i % len(photos)]
+        link = folder / f"{i:06d}{source.suffix.lower()}"
+        link.symlink_to(source)
+        links.append(str(link))
+    listed = work / f"inputs-{n}.txt"
+    listed.write_text("\n".join(links) + "\n")
+    return listed
+
+
+# -- measurements -----------------------------------------------------------------------------------
+
+
+def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: bool) -> dict:
+    """Per-image decode + preprocess (one thread) and model time (one thread, or the GPU)."""
+    import numpy as np
+
+    from clsloc.serving.engine import Engine
+
+    engine = Engine(model, threads=1)
+    sample = photos[:200]
+    tensors = []
+    for _ in range(2):  # the first pass warms the page cache and Pillow
+        tensors.clear()
+        start = time.perf_counter()
+        for path in sample:
+            tensors.append(engine.preprocessing(engine.open(path)))
+        decode = (time.perf_counter() - start) / len(sample)
+    batch = np.stack(tensors[:batch_size])
+    runner = Engine(model, require_gpu=True) if gpu else engine
+    gpu_batch = np.stack([tensors[i % len(tensors)] for i in range(64)]) if gpu else batch
+    runner.run(gpu_batch)
+    times = []
+    for _ in range(12):
+        start = time.perf_counter()
+        runner.run(gpu_batch)
+        times.append((time.perf_counter() - start) / len(gpu_batch))
+    model_time = statistics.median(times)
+    if gpu:  # decoding on every core, the network on the GPU: the slower of the two bounds
+        rate = min(cores / decode, 1 / model_time)
+    else:
+        rate = cores / (decode + model_time)
+    return {
+        "decode_preprocess_ms": 1000 * decode,
+        "model_ms_per_image": 1000 * model_time,
+        "model_batch": len(gpu_batch),
+        "cores": cores,
+        "ceiling_img_s": rate,
+        "gpu_network_img_s": 1 / model_time if gpu else None,
+    }
+
+
+def score_job(model: Path, listed: Path, out_dir: Path, name: str, *flags: str) -> dict:
+    """One ``clsloc score`` process: its own images/s line, the wall time, and its peak RSS."""
+    out = out_dir / f"{name}.jsonl"
+    command = [sys.executable, "-c", MEASURED, "score", str(model), str(listed), "--out", str(out), "--quiet", *flags]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: clsloc score failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    scored = re.search(r"this run scored (\d+) image\(s\) in ([\d.]+) s \(([\d.]+) img/s\)", done.stdout)
+    images, seconds, rate = int(scored.group(1)), float(scored.group(2)), float(scored.group(3))
+    rss = int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024
+    errors = int(re.search(r"(\d+) could not be scored", done.stdout).group(1))
+    out.unlink()
+    return {
+        "images": images,
+        "errors": errors,
+        "job_seconds": seconds,
+        "img_s": rate,
+        "wall_seconds": wall,
+        "peak_rss_mb": rss,
+    }
+
+
+def ensure_model(args, work: Path) -> tuple[Path, str]:
+    if args.model:
+        return Path(args.model), f"given: {args.model}"
+    run, model = work / "run", work / "model"
+    clsloc = [sys.executable, "-m", "clsloc.cli"]
+    datasets = [str(d) for d in DATASETS if d.is_dir()]
+    if not datasets:
+        subprocess.run([*clsloc, "data", "synth", str(work / "synth"), "--images", "60"], check=True)
+        datasets = [str(work / "synth")]
+    quick = ["--epochs", "1", "--finetune-epochs", "0", "--cache-views", "1", "--quiet"]
+    subprocess.run([*clsloc, "train", *datasets, "--out", str(run), *quick], check=True)
+    subprocess.run([*clsloc, "export", str(run), "--out", str(model)], check=True)
+    return model, "made here: the default network and input size, trained 1 epoch (speed as the default model's)"
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def bench_model(label: str, model: Path, photos, inputs: dict[int, Path], work: Path, args, cores: int) -> dict:
+    flags = ["--batch-size", str(args.batch_size)]
+    result = {"model": str(model)}
+    print(f"\n== {label} model: {model}", flush=True)
+    result["ceiling"] = c = ceiling(model, photos, args.batch_size, cores, args.gpu)
+    print(
+        f"ceiling: decode + preprocess {c['decode_preprocess_ms']:.1f} ms, model {c['model_ms_per_image']:.1f} ms "
+        f"per image (batch {c['model_batch']}) on {cores} cores -> {c['ceiling_img_s']:.1f} img/s",
+        flush=True,
+    )
+    gpu = ["--gpu"] if args.gpu else []
+    result["local"] = local = score_job(model, inputs[args.images], work, "local", *flags, *gpu)
+    print(f"local  {args.images} images: {local['img_s']:.1f} img/s, {local['peak_rss_mb']:.0f} MB", flush=True)
+    if not args.gpu:
+        alt = ["--workers", "1", "--threads", str(cores)]
+        result["local_one_worker"] = one = score_job(model, inputs[args.images], work, "one", *flags, *alt)
+        print(f"local, 1 worker x {cores} onnxruntime threads: {one['img_s']:.1f} img/s", flush=True)
+    if not args.no_ray:
+        ray = ["--engine", "ray", *gpu]
+        result["ray_startup"] = start = score_job(model, inputs[16], work, "ray16", *flags, *ray)
+        result["ray"] = on_ray = score_job(model, inputs[args.images], work, "ray", *flags, *ray)
+        steady = on_ray["images"] / max(on_ray["job_seconds"] - start["job_seconds"], 1e-9)
+        on_ray["steady_img_s"] = steady
+        print(
+            f"ray    {args.images} images: {on_ray['img_s']:.1f} img/s ({steady:.1f} after its "
+            f"{start['job_seconds']:.1f} s start-up)",
+            flush=True,
+        )
+    result["ratios"] = {
+        "local_vs_ceiling": local["img_s"] / c["ceiling_img_s"],
+        **({"one_worker_vs_local": result["local_one_worker"]["img_s"] / local["img_s"]} if not args.gpu else {}),
+        **(
+            {
+                "ray_vs_local": result["ray"]["img_s"] / local["img_s"],
+                "ray_steady_vs_local": result["ray"]["steady_img_s"] / local["img_s"],
+            }
+            if not args.no_ray
+            else {}
+        ),
+    }
+    return result
+
+
+def bench_rss(model: Path, inputs: dict[int, Path], work: Path, args) -> dict:
+    small, large = args.rss
+    runs = {
+        n: score_job(model, inputs[n], work, f"rss{n}", "--batch-size", str(args.batch_size)) for n in (small, large)
+    }
+    for n, run in runs.items():
+        print(f"peak RSS, {n} images: {run['peak_rss_mb']:.0f} MB ({run['img_s']:.1f} img/s)", flush=True)
+    return {
+        "runs": {str(n): run for n, run in runs.items()},
+        "ratio": runs[large]["peak_rss_mb"] / runs[small]["peak_rss_mb"],
+    }
+
+
+def table(results: dict, args) -> str:
+    rows = ["| model | what | images/s | vs | goal |", "|---|---|---|---|---|"]
+    for label in ("fp32", "int8"):
+        r = results.get(label)
+        if r is None:
+            continue
+        if "unavailable" in r:
+            rows.append(f"| {label} | not available | - | {r['unavailable']} | |")
+            continue
+        c, local, ratios = r["ceiling"], r["local"], r["ratios"]
+        rows.append(f"| {label} | ceiling: {args.images} photos, {c['cores']} cores | {c['ceiling_img_s']:.1f} | | |")
+        rows.append(
+            f"| {label} | local `clsloc score` | {local['img_s']:.1f} | {ratios['local_vs_ceiling']:.2f}x ceiling | >= 0.9x |"
+        )
+        if "local_one_worker" in r:
+            rows.append(
+                f"| {label} | local, 1 worker on all cores | {r['local_one_worker']['img_s']:.1f} "
+                f"| {ratios['one_worker_vs_local']:.2f}x local | |"
+            )
+        if "ray" in r:
+            rows.append(
+                f"| {label} | `--engine ray` (whole job / after start-up) | {r['ray']['img_s']:.1f} / "
+                f"{r['ray']['steady_img_s']:.1f} | {ratios['ray_vs_local']:.2f}x / {ratios['ray_steady_vs_local']:.2f}x local "
+                f"| >= 0.7x |"
+            )
+    if "rss" in results:
+        runs = results["rss"]["runs"]
+        small, large = (runs[str(n)] for n in args.rss)
+        rows.append(
+            f"| fp32 | peak RSS {args.rss[0]} / {args.rss[1]} images | {small['peak_rss_mb']:.0f} / "
+            f"{large['peak_rss_mb']:.0f} MB | {results['rss']['ratio']:.2f}x | <= 1.2x |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="exported model directory (default: make a quick one with the default network)")
+    parser.add_argument("--int8-model", help="an int8 export of the same run, measured the same way")
+    parser.add_argument("--images", type=int, default=2000, help="inputs of the throughput runs (default 2000)")
+    parser.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-ray", action="store_true", help="leave out the Ray runs")
+    parser.add_argument("--no-rss", action="store_true", help="leave out the peak RSS runs")
+    parser.add_argument("--gpu", action="store_true", help="require onnxruntime's CUDA provider (GPU variant)")
+    add_json_flag(parser)
+    args = parser.parse_args()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+    from clsloc.serving.engine import default_threads
+
+    cores = default_threads()
+    with tempfile.TemporaryDirectory(prefix="clsloc-batch-bench-") as tmp:
+        work = Path(tmp)
+        model, model_note = ensure_model(args, work)
+        photos, photos_note = photo_files(work)
+        print(f"model: {model_note}\nphotos: {photos_note}, {cores} cores", flush=True)
+        counts = {16, args.images} | (set() if args.no_rss else set(args.rss))
+        inputs = {n: linked_inputs(photos, n, work) for n in sorted(counts)}
+        results: dict = {"model_note": model_note, "photos": photos_note, "cores": cores}
+        results["fp32"] = bench_model("fp32", model, photos, inputs, work, args, cores)
+        if args.int8_model:
+            results["int8"] = bench_model("int8", Path(args.int8_model), photos, inputs, work, args, cores)
+        else:
+            results["int8"] = {"unavailable": "no --int8-model given (clsloc export --int8 must accept the run first)"}
+        if not args.no_rss and not args.gpu:
+            results["rss"] = bench_rss(model, inputs, work, args)
+    print("\n" + table(results, args))
+    if args.json:
+        save("batch", results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
