@@ -13,7 +13,8 @@ Each INPUT is one of:
 * any other **text file**: a list of paths, one per line (blank lines and
   lines starting with ``#`` skipped; relative paths are relative to the
   list's folder). A listed path that is missing or not an image still gets
-  its row, with the reason.
+  its row, with the reason. A binary file (say ``photo.heic``) is an image
+  input, whatever its extension: its row says what the decoder made of it.
 
 A labelled dataset contributes all its images, with their ground truth:
 also those training leaves out (an unreadable image is scored, and gets an
@@ -83,14 +84,21 @@ def walk_images(folder: str | os.PathLike) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
+def _is_binary(path: Path) -> bool:
+    """A file that cannot be a list of paths (a NUL byte near its start): e.g. a HEIC photo."""
+    try:
+        with open(path, "rb") as f:
+            return b"\x00" in f.read(8192)
+    except OSError:
+        return False
+
+
 def read_list(list_file: Path) -> Iterator[str]:
     """Paths listed in a text file, one per line; relative ones are relative to the file's folder."""
     try:
         text = list_file.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise InputError(f"{list_file}: cannot read ({exc.strerror or exc})") from None
-    if "\x00" in text:
-        raise InputError(f"{list_file}: not a text file listing paths (and not an image or dataset by its name)")
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
@@ -150,7 +158,7 @@ def add_input(inputs: Inputs, arg: str, *, images_only: bool = False, policy: st
             for image in walk_images(path):
                 inputs.add(image)
         return
-    if is_image_name(path):
+    if is_image_name(path) or _is_binary(path):  # a binary file named on its own: the decoder says what it is
         inputs.add(path)
     elif not images_only and path.suffix.lower() in DATASET_SUFFIXES:
         _add_labelled(inputs, arg, policy, progress)
@@ -166,6 +174,8 @@ def collect(
     inputs = Inputs()
     for arg in args:
         add_input(inputs, arg, images_only=images_only, policy=policy, progress=progress)
+    if not inputs.paths:
+        raise InputError(f"no images in {', '.join(args)} (image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return inputs
 
 

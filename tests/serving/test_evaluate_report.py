@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import scoring_data
-from test_browser import ARGS, CHROMIUM
+from chromium import ARGS, CHROMIUM, require_chromium
 
 from clsloc.cli import main
 
@@ -51,8 +50,7 @@ def test_evaluate_refuses_what_is_not_a_labelled_dataset(oracle_dir, tmp_path, c
 @pytest.mark.browser
 @pytest.mark.slow
 def test_report_opens_from_disk_with_every_section_and_picture(oracle_dir, labelled, tmp_path):
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     report = tmp_path / "out" / "report.html"

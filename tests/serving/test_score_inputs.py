@@ -48,3 +48,28 @@ def test_images_only_and_unreadable_datasets(tmp_path):
     with pytest.raises(InputError, match="add --images-only"):
         collect([str(folder)])
     assert len(collect([str(folder)], images_only=True).paths) == 2
+
+
+def test_a_binary_file_named_on_its_own_is_an_image_input_and_no_images_is_an_error(tmp_path):
+    heic = tmp_path / "photo.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    assert collect([str(heic)]).paths == [str(heic)]  # scored: its row will say unsupported_format
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("nothing to see")
+    with pytest.raises(InputError, match="no images in"):
+        collect([str(tmp_path / "empty")])
+
+
+def test_progress_lines_when_not_on_a_terminal():
+    import io
+
+    from clsloc.serving.scoring.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(200, done=50, stream=stream, interval=0.0)
+    progress.update(30, errors=2)
+    line = stream.getvalue().strip()
+    assert line.startswith("scoring: 80/200 images (40%)") and "img/s, ETA " in line and "2 error(s)" in line
+    quiet = io.StringIO()
+    Progress(10, stream=quiet, quiet=True, interval=0.0).update(5)
+    assert quiet.getvalue() == ""
