@@ -73,7 +73,7 @@ def main() -> int:
     tune_cpu_allocator()
     from clsloc.training.config import TrainConfig
     from clsloc.training.cv import cross_validate, fold_splits, image_store
-    from clsloc.training.fit import FeatureCache
+    from clsloc.training.features import FeatureCache
 
     config = TrainConfig(datasets=DATASETS)  # the defaults of `clsloc train`
     if args.finetune_epochs is not None:

@@ -22,6 +22,9 @@ from clsloc.images import ImageError, decode_image
 from clsloc.models.backbones import get_backbone, load_lite_imagenet
 from clsloc.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import add_json_flag, save
+
 WALLABY = 104
 
 
@@ -39,6 +42,7 @@ def main() -> int:
         "--data", default="../shared/datasets/kangaroo", help="folder whose images/ hold kangaroo photos"
     )
     parser.add_argument("--limit", type=int, default=80, help="how many photos (sorted by name)")
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -51,6 +55,7 @@ def main() -> int:
             print(f"skipped {exc}", file=sys.stderr)
     print(f"{len(images)} kangaroo photos from {args.data}\n")
     print(f"{'backbone':<20} {'input':<28} {'top-1 wallaby':>14} {'top-5 wallaby':>14} {'s':>6}")
+    found = []
     for variant in (0, 1, 2):
         spec = get_backbone(f"efficientnet_lite{variant}")
         size = (spec.input_size, spec.input_size)
@@ -64,6 +69,9 @@ def main() -> int:
             start = time.perf_counter()
             top1, top5 = top1_wallaby(model or pretrained, images, preprocessing)
             print(f"{spec.name:<20} {label:<28} {top1:>14.1%} {top5:>14.1%} {time.perf_counter() - start:>6.1f}")
+            found.append({"backbone": spec.name, "input": label, "top1_wallaby": top1, "top5_wallaby": top5})
+    if args.json:
+        save("backbone_check", {"photos": len(images), "rows": found}, args)
     return 0
 
 

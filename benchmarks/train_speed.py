@@ -7,7 +7,7 @@ Same process, same model (EfficientNet-Lite0, stage-2 fine-tuning of the top
 channels_last), same optimizer settings:
 
 * bare: forward + loss + backward + step of the default stage 2's network
-  (``clsloc.training.fit.ThroughFrozen``: the frozen bottom's BatchNorm-folded
+  (``clsloc.models.views.ThroughFrozen``: the frozen bottom's BatchNorm-folded
   snapshot, then the trained top with its frozen norm layers folded in) on one
   in-memory tensor batch;
 * bare, unfolded: the same with the whole network as one module, BatchNorm
@@ -17,11 +17,11 @@ channels_last), same optimizer settings:
   --finetune-norm``, what stage 2 trained before they stayed as pretrained);
 * fresh (the default stage 2): ``clsloc.training.engine.train_one_epoch`` with that
   forward over a DataLoader of ``clsloc.training.data.AugmentedDataset`` on the shared photos —
-  decoded images in memory, the default augmentation (``clsloc.training.fit.augmentation``
+  decoded images in memory, the default augmentation (``clsloc.training.stages.augmentation``
   plus colour), Preprocessing, loss, update/weight ratio bookkeeping; the next
   batch is fetched during this one's backward pass (``clsloc.training.engine.Prefetcher``);
 * fresh, next batch fetched after the step: the same loop without prefetching;
-* cached (``--finetune-cache``): the same loop over ``clsloc.training.fit.CachedViews``,
+* cached (``--finetune-cache``): the same loop over ``clsloc.training.features.CachedViews``,
   the frozen bottom's output per cached view, so only the trained top runs.
   Building the cache (each view augmented and run through the bottom once) is
   timed apart, per image and view.
@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, beside this script
+
 DATASETS = [str(ROOT / "../shared/datasets/raccoon"), str(ROOT / "../shared/datasets/kangaroo")]
 
 
@@ -59,8 +61,9 @@ def main() -> int:
         "--rounds",
         type=int,
         default=5,
-        help="rounds of loops; the ratios are medians over them (one round's spread is 10-20%%)",
+        help="rounds of loops; the ratios are medians over them (one round alone is noisy)",
     )
+    add_json_flag(parser)
     args = parser.parse_args()
 
     from clsloc.training.cpu import tune_cpu_allocator
@@ -69,21 +72,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from clsloc.models.views import ThroughFrozen, Top
     from clsloc.training.config import TrainConfig
     from clsloc.training.data import AugmentedDataset, ImageStore, apply, draw, prepare_splits
     from clsloc.training.engine import compute_loss, set_backbone_trainable, train_one_epoch
-    from clsloc.training.fit import (
-        CachedViews,
-        FeatureCache,
-        ThroughFrozen,
-        Top,
-        _freeze_batchnorm,
-        augmentation,
-        cached_finetune_start,
-        make_optimizer,
-        model_for,
-        set_finetune_trainable,
-    )
+    from clsloc.training.features import CachedViews, FeatureCache
+    from clsloc.training.fit import make_optimizer, model_for
+    from clsloc.training.stages import augmentation, cached_finetune_start, freeze_batchnorm, set_finetune_trainable
 
     config = TrainConfig(datasets=DATASETS, backbone=args.backbone, finetune_cache=True)
     splits = prepare_splits(config.datasets, [], config.val_split, config.seed, config.policy)
@@ -91,7 +86,7 @@ def main() -> int:
     model = model_for(config, len(splits.classes)).to(memory_format=torch.channels_last)
     start = cached_finetune_start(model, config)
     model.train()
-    model.backbone.apply(_freeze_batchnorm)
+    model.backbone.apply(freeze_batchnorm)
 
     def trains(everything: bool) -> None:
         """The default stage 2's trainable set, or everything in the top (depthwise and norm too)."""
@@ -143,7 +138,7 @@ def main() -> int:
     )
     cache_ms = 1000 * (time.perf_counter() - t) / (len(records) * config.cache_views)
     model.train()
-    model.backbone.apply(_freeze_batchnorm)
+    model.backbone.apply(freeze_batchnorm)
     top = Top(model, start, fold_norms=True)  # as fit() trains it: the frozen norm layers folded in
     stage2 = ThroughFrozen(cache.trunk(model)[:start], top)  # what fit() runs on fresh images
     # Trained norm layers cannot be folded: fit() runs this top as it is.
@@ -241,6 +236,13 @@ def main() -> int:
         f"depthwise and norm kept (and folded) / trained: {dense_ratio:.2f}x "
         f"(medians of {len(bares)} back-to-back pairs)"
     )
+    if args.json:
+        loops = {"bare": bares, "unfolded": unfolded, "everything_trained": everything, "fresh": fresh}
+        loops.update({"fresh_no_prefetch": serial, "cached": cached})
+        ratios = {"fresh_over_bare": fresh_ratio, "cached_over_bare": cached_ratio, "prefetch": prefetch_ratio}
+        ratios.update({"folded_over_unfolded": fold_ratio, "kept_over_trained": dense_ratio})
+        save("train_speed", {"images_per_s": loops, "ratios": ratios, "cache_ms_per_image_view": cache_ms,
+                             "augment_ms": {"draws": draw_ms, "pixels": pixel_ms}}, args)  # fmt: skip
     return 0
 
 

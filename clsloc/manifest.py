@@ -21,6 +21,7 @@ from clsloc.preprocess import Preprocessing
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+SAMPLES_DIR = "samples"
 BOX_FORMAT = "xyxy_normalized"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "boxes")
@@ -47,6 +48,10 @@ class Manifest:
     metrics: dict = field(default_factory=dict)  # {"pytorch": {...}, "onnx": {...}}
     parity: dict = field(default_factory=dict)  # {"max_abs_logit_diff", "min_box_iou", "images", "passed"}
     extra: dict = field(default_factory=dict)
+    # What the model is, in a sentence or two, for the people who serve it and the web page.
+    description: str = ""
+    # A few validation images to try, shipped beside the model: [{"file": "samples/NAME.jpg", "label": ...}].
+    samples: list = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -60,10 +65,32 @@ class Manifest:
         if self.box_format != BOX_FORMAT:
             raise ManifestError(f"box_format {self.box_format!r} is not supported (known: {BOX_FORMAT!r})")
         self.output_names = tuple(self.output_names)
+        for sample in self.samples:
+            file = sample.get("file", "") if isinstance(sample, dict) else ""
+            if not file.startswith(f"{SAMPLES_DIR}/") or "/" in file[len(SAMPLES_DIR) + 1 :] or ".." in file:
+                raise ManifestError(f"sample {sample!r} must name a file directly inside {SAMPLES_DIR}/")
 
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
+
+    def summary(self) -> str:
+        """What someone serving this model should know first: what it is, its classes, its validation numbers."""
+        lines = [
+            f"model {self.tag} ({self.backbone}, {self.precision}, input {self.preprocessing.size[1]}x{self.preprocessing.size[0]})"
+        ]
+        if self.description:
+            lines.append(f"  {self.description}")
+        lines.append(f"  classes ({len(self.classes)}): {', '.join(self.classes)}")
+        onnx = self.metrics.get("onnx") or {}
+        if onnx.get("n"):
+            numbers = ", ".join(
+                f"{key.replace('_', ' ')} {onnx[key]:.3f}"
+                for key in ("accuracy", "mean_iou", "loc_accuracy")
+                if onnx.get(key) is not None
+            )
+            lines.append(f"  validation ({onnx['n']} images, as exported): {numbers}")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -211,9 +211,9 @@ def write_synthetic_voc(out, images: int = 200, classes: int = 3, seed: int = 0,
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     indices = range(images)
     if progress:
-        from tqdm import tqdm
+        from clsloc.progress import progress_bar
 
-        indices = tqdm(indices, desc="synth", unit="img")
+        indices = progress_bar(indices, desc="synth", unit="img")
     for i in indices:
         image, label, box = draw_example(i, classes, seed)
         name = f"synth_{i:05d}"

@@ -5,10 +5,8 @@ Training runs the frozen part of the backbone thousands of times (stage 1's
 feature views, stage 2's bottom under every fresh augmentation) with
 BatchNorm on its ImageNet statistics, i.e. an affine map per channel right
 after a convolution. Folded into the convolution's weights and bias
-(``torch.nn.utils.fusion.fuse_conv_bn_eval``), it costs nothing: measured on
-the 2-core CPU, Lite0 at 256 px, batch 32, the whole trunk 14.5 instead of
-18.4 ms per image and the bottom that stage 2 keeps frozen 9.1 instead of
-10.8. The result differs from the unfolded network by float rounding only
+(``torch.nn.utils.fusion.fuse_conv_bn_eval``), it costs nothing, and the
+norm layers' own passes over the activations go. The result differs from the unfolded network by float rounding only
 (about 1e-6 of the activations' scale); ``fold_batchnorm`` checks that on a
 probe input and keeps the unfolded copy when the architecture's module order
 does not allow it.
@@ -22,8 +20,7 @@ cannot change is again a constant affine map, so ``fold_constant_norms``
 gives a training view of the top in which each such pair runs as one
 convolution of the trained weight times the norm's scale, with the norm's
 shift as bias. The view shares the model's convolutions (training it trains
-them); only the norm layers' work goes: measured on the 2-core CPU, Lite0's
-top step 18.6 instead of 21.0 ms per image.
+them); only the norm layers' work goes.
 """
 
 from __future__ import annotations

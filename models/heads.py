@@ -4,10 +4,10 @@ The box head outputs boxes normalized to the image, as xyxy in [0, 1]. With
 ``bins=0`` a sigmoid gives centre and size in [0, 1], converted to corners;
 with ``bins=N`` (training's default, 16) each corner coordinate is the
 expectation of a softmax over N evenly spaced positions (as in GFL's
-distribution heads; part of the measured defaults in the README). Trained
+distribution heads). Trained
 with L2 (MSE) on the corners by default.
 
-Where the box head attaches is a choice with a measured default (issue 3):
+Where the box head attaches is a choice (``docs/benchmarks.md`` compares both):
 on the spatial feature map (``attach="map"``) it keeps *where* features fired;
 on pooled features (``attach="pooled"``) that information is averaged away.
 """

@@ -22,6 +22,14 @@ DEFAULT_MODEL = "clsloc-default"
 # The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes (a placeholder:
 # 2 cached views, not training's 8, keep the first start quick).
 DEFAULT_RECIPE = {"images": 150, "classes": 3, "epochs": 8, "cache_views": 2}
+DEFAULT_DESCRIPTION = (
+    "Demo model made by `clsloc serve` on first use, trained on synthetic shapes: it knows circle, square and "
+    "triangle, nothing else, so a photo of anything comes back as one of those."
+)
+OWN_MODEL_HINT = """to serve a model of your own:
+  clsloc train DATASET... --out runs/mine                       (Pascal VOC, COCO, YOLO or CSV; see clsloc data check)
+  clsloc export runs/mine --out models/mine --bentoml mine
+  clsloc serve mine"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +86,7 @@ def create_default_model(name: str = DEFAULT_MODEL, recipe: dict | None = None) 
         if recipe.get("image_size"):
             train += ["--image-size", str(recipe["image_size"])]
         _clsloc(*train)
-        _clsloc("export", str(run), "--out", str(out), "--bentoml", name)
+        _clsloc("export", str(run), "--out", str(out), "--bentoml", name, "--description", DEFAULT_DESCRIPTION)
     from clsloc.serving import store
 
     tag = store.latest_tag(name)
@@ -111,6 +119,21 @@ def resolve_model(ref: str, *, create_default: bool = True) -> str:
     )
 
 
+def describe(model: str) -> None:
+    """Say what the served model knows before serving it, and how to serve another."""
+    from clsloc.manifest import Manifest, ManifestError
+    from clsloc.serving import store
+
+    try:
+        manifest = Manifest.load(store.resolve(model))
+    except (ManifestError, store.ModelNotFound) as exc:  # the service itself reports it in full
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return
+    print(manifest.summary(), flush=True)
+    if model.split(":")[0] == DEFAULT_MODEL or manifest.name == DEFAULT_MODEL:
+        print(OWN_MODEL_HINT, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     from clsloc.serving.store import ModelNotFound
@@ -126,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"clsloc serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
+    describe(model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["CLSLOC_MODEL"] = model  # pinned: a directory or NAME:VERSION
     os.environ["CLSLOC_WORKERS"] = str(args.workers)

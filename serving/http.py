@@ -91,7 +91,7 @@ class ApiGuard:
         self.prechecked = {"/predict_batch"}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.protected:
+        if scope["type"] != "http" or not self._is_protected(scope["path"]):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refuse_early(scope["path"], headers)
@@ -110,6 +110,10 @@ class ApiGuard:
             await send(message)
 
         return await self.app(scope, receive, counting_send)
+
+    def _is_protected(self, path: str) -> bool:
+        """A protected route, or under a protected prefix (one that ends in "/")."""
+        return path in self.protected or path.startswith(tuple(p for p in self.protected if p.endswith("/")))
 
     def _refuse_early(self, path: str, headers: dict[str, str]):
         if self.api_key:

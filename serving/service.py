@@ -99,4 +99,4 @@ class Clsloc:
         return [image_error_item(r) if isinstance(r, ImageError) else self._answer(r) for r in results]
 
 
-Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model"))
+Clsloc.add_asgi_middleware(ApiGuard, protected=("/predict", "/predict_batch", "/model", "/samples/"))

@@ -1,4 +1,5 @@
-"""Routes mounted into the BentoML service: POST /predict (lean path), GET /model, the web page."""
+"""Routes mounted into the BentoML service: POST /predict (lean path), GET /model, the model's
+sample images (GET /samples/NAME), the web page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from clsloc.manifest import SAMPLES_DIR
 from clsloc.serving.http import UploadProblem, error_response, read_uploads
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -38,6 +40,15 @@ async def model_info(_request):
     return JSONResponse(service.engine.describe())
 
 
+async def sample(request):
+    """One of the served model's sample images: only the files its manifest lists, nothing else on disk."""
+    engine = bentoml.get_current_service().engine
+    file = f"{SAMPLES_DIR}/{request.path_params['name']}"
+    if file not in {s["file"] for s in engine.manifest.samples}:
+        return error_response(404, "not_found", f"the served model has no sample {request.path_params['name']!r}")
+    return FileResponse(engine.model_dir / file, media_type="image/jpeg")
+
+
 async def http_error(_request, exc: HTTPException):
     """Starlette's own refusals (405, 404 under /web) in the API's JSON error shape."""
     error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -50,6 +61,7 @@ web_app = Starlette(
         Route("/", index, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/model", model_info, methods=["GET"]),
+        Route("/samples/{name}", sample, methods=["GET"]),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
     ],
 )

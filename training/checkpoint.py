@@ -18,6 +18,7 @@ import torch
 from clsloc.runs import SPLIT_FILE, RunError, load_split  # noqa: F401  (load_split re-exported for training)
 
 CONFIG_FILE = "config.json"
+RECIPE_FILE = "config.yaml"  # the training options alone: clsloc train --config RUN_DIR/config.yaml repeats the run
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"
 

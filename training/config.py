@@ -1,99 +1,147 @@
-"""Every training option in one dataclass, and the command-line flags that fill it.
+"""Every training option, once: a dataclass whose fields generate the command-line flags.
 
-``clsloc train``, ``clsloc cv`` and ``clsloc tune`` share these flags; the
-resolved config (this dataclass plus what the run found out: classes,
-preprocessing, data fingerprint, final metrics) is written to
-``RUN_DIR/config.json`` and is what ``clsloc.training.checkpoint.load_run`` rebuilds
-the model from.
+``clsloc train``, ``clsloc cv`` and ``clsloc tune`` share these options. Each
+field of :class:`TrainConfig` is one flag (``batch_size`` -> ``--batch-size``;
+an on/off field -> ``--name`` / ``--no-name``), its ``help`` the flag's help
+text, its default the default. A recipe file (``--config recipe.yaml``, the
+same names as keys) sets any of them; flags given on the command line
+override the file.
+
+Every run writes ``RUN_DIR/config.yaml`` (these options as resolved: run
+``clsloc train --config RUN_DIR/config.yaml --out NEW_DIR`` to repeat it) and
+``RUN_DIR/config.json`` (the same plus what the run found out: classes,
+preprocessing, data fingerprint, final metrics), which is what
+``clsloc.training.checkpoint.load_run`` rebuilds the model from.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except on/off switches: their name says what the default is."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
-
+import yaml
 
 OPTIMIZERS = ("adamw", "sgd")
 BOX_LOSSES = ("mse", "smooth_l1", "giou")
 LR_SCHEDULES = ("cosine", "step", "none")
 MONITORS = ("mean_iou", "loc_accuracy", "accuracy", "loss")
+POLICIES = ("largest", "first", "skip")
+GROUPS = ("data", "model", "schedule", "runtime")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it says something: not for switches (their name says it), nor
+    where the help already does (the training options write their own, on/off included)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.nargs == 0 or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def option(default, help: str, group: str, *, choices=None, metavar: str | None = None, flag: str | None = None):
+    """A TrainConfig field and the flag it becomes."""
+    meta = {"help": help, "group": group, "choices": choices, "metavar": metavar, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    # data
-    datasets: list[str] = field(default_factory=list)
-    val: list[str] = field(default_factory=list)  # explicit validation datasets; empty = hold out val_split
-    val_split: float = 0.2
-    policy: str = "largest"  # which object is the training target in a multi-object image
-    seed: int = 0
-    # model
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    attach: str = "map"  # box head on the spatial feature map (measured better) or on pooled features
-    per_class: bool = False
-    dropout: float = 0.2
-    # Measured (5-fold CV, README, 8 views, 16 fine-tune epochs): input 256, a 16-bin box head, box weight 20,
-    # zoom-out and flip test-time augmentation together: mean IoU 0.721, loc accuracy 0.909, against 0.686 and
-    # 0.857 for 224 px, the sigmoid head, weight 5, neither. Without TTA: 0.718 / 0.892; and at 224 px: 0.707 / 0.881.
-    # (All before the frozen trunk ran BatchNorm-folded; with it, and the top's depthwise filters and norm layers
-    # kept as pretrained in stage 2, the defaults gave accuracy 0.997, mean IoU 0.722, loc accuracy 0.917.)
-    image_size: int = 256  # network input side; 0 = the backbone's own (224 for Lite0)
-    box_bins: int = 16  # 0: sigmoid box head; N: each corner is the expectation of a softmax over N positions
-    tta: bool = True  # predict on the image and its mirror, average both (final report, export, serving)
-    # stage 1: heads on the frozen backbone (features cached when possible)
-    epochs: int = 16  # over cache_views views of each image
-    lr: float = 1e-3
-    # stage 2: fine-tune the top of the backbone at a lower rate (0 epochs = skip). Measured
-    # (5-fold CV, raccoon + kangaroo, README): the top half for 16 epochs at 3e-4 beats the
-    # whole backbone for 8 at 1e-4 (mean IoU 0.684 vs 0.672) in about the same time on a CPU.
-    finetune_epochs: int = 16
-    finetune_lr: float = 3e-4
-    finetune_depth: float = 0.5  # fraction of the backbone (from the top) that stage 2 trains
-    # Within it, the depthwise filters and BatchNorm's scale/shift stay as pretrained unless asked: 5% of the
-    # parameters, a fifth of the CPU step (top step 21.9 vs 27.4 ms per image). Measured (5-fold CV, README):
-    # accuracy 0.995, mean IoU 0.723, loc accuracy 0.917, against 0.994 / 0.722 / 0.909 training them.
-    finetune_depthwise: bool = False
-    finetune_norm: bool = False
-    # optimisation
-    freeze_bn: bool = True  # stage 2 keeps the backbone's BatchNorm statistics (small batches)
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"
-    box_loss: str = "mse"
-    box_weight: float = 20.0  # lambda in CE + lambda * box loss
-    augment: bool = True
-    crop_p: float = 0.5  # probability of a crop that keeps the target box (stage 2 and the augmented cached views)
-    crop_scale: float = 0.7  # smallest crop side, as a fraction of the image side
-    zoom_out_p: float = 0.5  # probability of placing the image on a larger grey canvas (smaller objects)
-    zoom_out_max: float = 2.0  # largest canvas side / image side
-    # Stage-1 views per training image: 1 = as is, 2 = + mirror, more = + augmented copies. Measured (5-fold CV,
-    # README, at 224 px): 8 views x 16 epochs beat 2 x 40 (accuracy 0.994 vs 0.989, loc accuracy 0.857 vs 0.848).
-    # At 256 px, 8 views and 16 fine-tune epochs: 0.721 / 0.909 against 0.710 / 0.890 for 4 views and 12 epochs;
-    # with the frozen trunk BatchNorm-folded and the top's depthwise filters and norm layers kept, default
-    # training took 4 min 25 s and 4 min 35 s in ordinary hours, 5 min 2 s in a busy one (README; the budget is 5).
-    cache_views: int = 8
-    # Stage 2 on the frozen bottom's cached output per view (only the top runs): 1.35x faster folds but
-    # measured worse than fresh augmentation (5-fold CV loc accuracy 0.835 vs 0.857), so off by default.
-    finetune_cache: bool = False
-    patience: int = 10  # early stopping: epochs without improvement of `monitor` (0 = off)
-    monitor: str = "mean_iou"
-    # runtime
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    workers: int = 0  # DataLoader workers for the augmented stage
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    # -- data
+    datasets: list[str] = option([], "dataset folders/files (VOC, COCO, YOLO, CSV)", "data")
+    val: list[str] = option(
+        [], "explicit validation datasets (default: hold out --val-split of the datasets)", "data", metavar="DATASET"
+    )
+    val_split: float = option(0.2, "stratified hold-out fraction", "data")
+    policy: str = option("largest", "training target in multi-object images", "data", choices=POLICIES)
+    seed: int = option(0, "seed of the split, the initialization and every epoch's random draws", "data")
+    # -- model
+    backbone: str = option("efficientnet_lite0", "efficientnet_lite0/1/2 or a torchvision classifier", "model")
+    pretrained: bool = option(True, "ImageNet weights (off: random weights, for tests)", "model")
+    attach: str = option(
+        "map",
+        "where the box head attaches: the spatial feature map or pooled features",
+        "model",
+        choices=("map", "pooled"),
+    )
+    per_class: bool = option(False, "one box per class (C x 4) instead of one class-agnostic box", "model")
+    dropout: float = option(0.2, "dropout before both heads", "model")
+    image_size: int = option(256, "input side in pixels, 0 = the backbone's own (224 for Lite0)", "model")
+    box_bins: int = option(
+        16, "0: sigmoid box head; N: each box corner is the expectation of a softmax over N positions", "model"
+    )
+    tta: bool = option(
+        True,
+        "predict on the image and its mirror and average both (the final report, export and serving; "
+        "per-epoch validation runs the plain model, at half the cost)",
+        "model",
+    )
+    # -- schedule
+    epochs: int = option(
+        16, "stage 1 epochs: heads on the frozen backbone, over --cache-views views of each image", "schedule"
+    )
+    lr: float = option(1e-3, "stage 1 learning rate", "schedule")
+    finetune_epochs: int = option(
+        16, "stage 2 epochs: fine-tune the top --finetune-depth of the backbone with the heads, 0 = none", "schedule"
+    )
+    finetune_lr: float = option(3e-4, "stage 2 learning rate", "schedule")
+    finetune_depth: float = option(
+        0.5, "fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)", "schedule"
+    )
+    finetune_depthwise: bool = option(
+        False,
+        "stage 2 also trains the depthwise convolutions' filters (off: kept as pretrained; on a CPU their "
+        "gradient costs more than all their parameters are worth)",
+        "schedule",
+    )
+    finetune_norm: bool = option(
+        False, "stage 2 also trains BatchNorm's scale and shift (off: kept as pretrained)", "schedule"
+    )
+    freeze_bn: bool = option(
+        True,
+        "stage 2 keeps the backbone's BatchNorm statistics (off: updates them; small batches make them noisy)",
+        "schedule",
+    )
+    batch_size: int = option(32, "images per step", "schedule")
+    optimizer: str = option("adamw", "optimizer", "schedule", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum", "schedule")
+    weight_decay: float = option(1e-4, "weight decay", "schedule")
+    lr_schedule: str = option("cosine", "learning-rate decay within each stage", "schedule", choices=LR_SCHEDULES)
+    box_loss: str = option("mse", "box loss: mse is the lecture's L2", "schedule", choices=BOX_LOSSES)
+    box_weight: float = option(20.0, "lambda in CE + lambda * box loss", "schedule")
+    augment: bool = option(True, "flips / crops / zoom-out / colour in stage 2", "schedule")
+    crop_p: float = option(
+        0.5, "probability of an object-keeping crop (stage 2 and the augmented cached views)", "schedule"
+    )
+    crop_scale: float = option(0.7, "smallest crop side / image side", "schedule")
+    zoom_out_p: float = option(
+        0.5, "stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)", "schedule"
+    )
+    zoom_out_max: float = option(2.0, "largest canvas side / image side", "schedule")
+    cache_views: int = option(
+        8,
+        "stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies); "
+        "with --finetune-cache stage 2 draws one of them per image each epoch",
+        "schedule",
+    )
+    finetune_cache: bool = option(
+        False,
+        "stage 2 runs only the trained top on the frozen bottom's cached output, one of the --cache-views views "
+        "per image each epoch, instead of the whole network on freshly augmented images (faster, less accurate)",
+        "schedule",
+    )
+    patience: int = option(10, "early stopping: epochs without improvement of --monitor, 0 = off", "schedule")
+    monitor: str = option("mean_iou", "validation metric for early stopping and best.pt", "schedule", choices=MONITORS)
+    # -- runtime
+    device: str = option("auto", "where to train", "runtime", choices=("auto", "cpu", "cuda"))
+    amp: bool = option(True, "mixed precision on CUDA (ignored on a CPU)", "runtime")
+    workers: int = option(0, "DataLoader worker processes for the augmented stage", "runtime")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)", "runtime")
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option; called before any work starts."""
@@ -142,145 +190,110 @@ class TrainConfig:
         return cls(**{**before, **{k: v for k, v in d.items() if k in known}})
 
 
+def _default(f) -> object:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *, datasets: bool = True) -> None:
-    """The flags shared by train, cv and tune (defaults come from TrainConfig)."""
-    d = TrainConfig()
+    """The flags shared by train, cv and tune, one per TrainConfig field, plus ``--config``.
+
+    Flags not given stay out of the parsed namespace (their default is
+    ``SUPPRESS``), so :func:`config_from_args` can tell a flag from a default
+    and let flags override the recipe file.
+    """
     if datasets:
         parser.add_argument(
-            "datasets", nargs="+", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)"
+            "datasets", nargs="*", metavar="DATASET", help=TrainConfig.__dataclass_fields__["datasets"].metadata["help"]
         )
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--val",
-        nargs="+",
-        default=[],
-        metavar="DATASET",
-        help="explicit validation datasets (default: hold out --val-split)",
+    parser.add_argument(
+        "--config",
+        metavar="RECIPE.yaml",
+        help="training options from a YAML file (the names of the flags below, with _ or -); flags override it. "
+        "Every run writes the resolved RUN_DIR/config.yaml",
     )
-    g.add_argument("--val-split", type=float, default=d.val_split, help="stratified hold-out fraction")
-    g.add_argument(
-        "--policy",
-        default=d.policy,
-        choices=["largest", "first", "skip"],
-        help="training target in multi-object images",
-    )
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = parser.add_argument_group("model")
-    g.add_argument("--backbone", default=d.backbone, help="efficientnet_lite0/1/2 or a torchvision classifier")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone weights (tests)")
-    g.add_argument("--attach", default=d.attach, choices=["map", "pooled"], help="where the box head attaches")
-    g.add_argument(
-        "--per-class", action="store_true", help="one box per class (C x 4) instead of one class-agnostic box"
-    )
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument(
-        "--image-size",
-        type=int,
-        default=d.image_size,
-        help="input side in pixels, 0 = the backbone's own (224 for Lite0)",
-    )
-    g.add_argument(
-        "--box-bins",
-        type=int,
-        default=d.box_bins,
-        help="0: sigmoid box head; N: each box corner is the expectation of a softmax over N positions",
-    )
-    g.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=d.tta,
-        help="predict on the image and its mirror and average both (the final report, export and "
-        "serving; per-epoch validation runs the plain model, at half the cost); on by default",
-    )
-    g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="stage 1 epochs: heads on the frozen backbone")
-    g.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate")
-    g.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=d.finetune_epochs,
-        help="stage 2 epochs: fine-tune the top --finetune-depth of the backbone with the heads, 0 = none",
-    )
-    g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage 2 learning rate")
-    g.add_argument(
-        "--finetune-depth",
-        type=float,
-        default=d.finetune_depth,
-        help="fraction of the backbone, from the top, that stage 2 trains (the rest stays frozen)",
-    )
-    g.add_argument(
-        "--finetune-depthwise",
-        action="store_true",
-        help="stage 2 also trains the depthwise convolutions' filters (default: kept as pretrained; "
-        "on a CPU their gradient costs more than all their parameters are worth)",
-    )
-    g.add_argument(
-        "--finetune-norm",
-        action="store_true",
-        help="stage 2 also trains BatchNorm's scale and shift (default: kept as pretrained)",
-    )
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument(
-        "--train-bn",
-        dest="freeze_bn",
-        action="store_false",
-        help="stage 2 also updates the backbone's BatchNorm statistics (default: keep ImageNet's)",
-    )
-    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument(
-        "--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES, help="learning-rate decay within each stage"
-    )
-    g.add_argument("--box-loss", default=d.box_loss, choices=BOX_LOSSES, help="mse is the lecture's L2 (default)")
-    g.add_argument("--box-weight", type=float, default=d.box_weight, help="lambda in CE + lambda * box loss")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips / crops / colour in stage 2")
-    g.add_argument(
-        "--crop-p",
-        type=float,
-        default=d.crop_p,
-        help="probability of an object-keeping crop (stage 2 and the augmented cached views)",
-    )
-    g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest crop side / image side")
-    g.add_argument(
-        "--zoom-out-p",
-        type=float,
-        default=d.zoom_out_p,
-        help="stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)",
-    )
-    g.add_argument("--zoom-out-max", type=float, default=d.zoom_out_max, help="largest canvas side / image side")
-    g.add_argument(
-        "--cache-views",
-        type=int,
-        default=d.cache_views,
-        help="stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented "
-        "copies); with --finetune-cache stage 2 draws one of them per image each epoch",
-    )
-    g.add_argument(
-        "--finetune-cache",
-        action="store_true",
-        help="stage 2 runs only the trained top on the frozen bottom's cached output, one of the "
-        "--cache-views views per image each epoch, instead of the whole network on freshly "
-        "augmented images (faster, measured less accurate)",
-    )
-    g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience in epochs, 0 = off")
-    g.add_argument(
-        "--monitor", default=d.monitor, choices=MONITORS, help="validation metric for early stopping and best.pt"
-    )
-    g = parser.add_argument_group("runtime")
-    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for f in fields(TrainConfig):
+        if f.name == "datasets":
+            continue
+        default, meta = _default(f), f.metadata
+        kwargs: dict = dict(dest=f.name, default=argparse.SUPPRESS)
+        if isinstance(default, bool):
+            on_off = "on" if default else "off"
+            kwargs.update(action=argparse.BooleanOptionalAction, help=f"{meta['help']} (default: {on_off})")
+        elif isinstance(default, list):
+            kwargs.update(nargs="+", metavar=meta["metavar"], help=meta["help"])
+        else:
+            kwargs.update(type=type(default), choices=meta["choices"], metavar=meta["metavar"])
+            kwargs["help"] = f"{meta['help']} (default: {default})"
+        groups[meta["group"]].add_argument(_flag(f), **kwargs)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A recipe file's options, checked: unknown names and values of the wrong type are errors naming them."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"--config {path}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in by_name:
+            raise ValueError(f"--config {path}: unknown option {key!r} (known: {', '.join(sorted(by_name))})")
+        options[name] = _coerce(value, _default(by_name[name]), f"--config {path}: option {key!r}")
+    return options
+
+
+def _coerce(value, default, where: str):
+    """``value`` as the type of ``default`` (YAML reads 1e-3 as text, 16 as an int where a float is meant)."""
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
+    """TrainConfig's defaults, then the recipe file (``--config``), then the flags given; validated."""
+    given = vars(args)
+    values = load_recipe(given["config"]) if given.get("config") else {}
+    for f in fields(TrainConfig):
+        if f.name in given and not (f.name == "datasets" and not given[f.name]):  # no DATASET: the recipe's
+            values[f.name] = given[f.name]
+    if not values.get("datasets"):
+        raise ValueError("give at least one DATASET (or a --config recipe that lists datasets)")
+    config = TrainConfig(**values)
     config.datasets = [str(p) for p in config.datasets]
     config.val = [str(p) for p in (config.val or [])]
     config.validate()
     return config
+
+
+def write_recipe(path: str | Path, config: TrainConfig) -> None:
+    """``config`` as a recipe file that ``--config`` reads back into the same options."""
+    path = Path(path)
+    header = "# clsloc training options as this run resolved them; repeat with: clsloc train --config THIS --out DIR\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
 
 
 def write_json(path: str | Path, data) -> None:

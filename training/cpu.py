@@ -3,8 +3,8 @@
 glibc serves big allocations (activations of a conv net are megabytes) with
 fresh ``mmap`` pages and returns them on ``free``: every training step then
 page-faults its activations back in. Disabling mmap for malloc
-(``MALLOC_MMAP_MAX_=0``, measured 2-3.5x faster full fine-tuning of Lite0 on
-2 cores) and keeping freed memory instead of trimming it makes the allocator
+(``MALLOC_MMAP_MAX_=0``: several times faster fine-tuning on a CPU, see
+``docs/benchmarks.md``) and keeping freed memory instead of trimming it makes the allocator
 reuse the same pages step after step. ``mallopt`` applies the same setting
 from inside the process, so ``clsloc train`` needs no wrapper script; an
 explicit ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment

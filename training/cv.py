@@ -69,7 +69,8 @@ def cross_validate(
     features=None,
 ) -> dict:
     """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}."""
-    from clsloc.training.fit import FeatureCache, fit
+    from clsloc.training.features import FeatureCache
+    from clsloc.training.fit import fit
 
     if splits is None:
         splits, _ = fold_splits(config, folds)

@@ -154,9 +154,9 @@ def pixel_pool(threads: int) -> ThreadPoolExecutor:
 
     Its threads run torch's ops single-threaded: each would otherwise start an
     OpenMP team of its own beside the one training computes with, and on the
-    2-core CPU the oversubscribed cores cost more than the teams gave. Measured
-    (the fresh stage-2 loop against a bare loop, median of 4 rounds): 0.95x
-    instead of 0.88x; the same inputs bit for bit (3,480 augmented images).
+    2-core CPU the oversubscribed cores cost more than the teams gave (the
+    fresh stage-2 loop ran measurably closer to a bare loop without them), and
+    the inputs are the same bit for bit.
     """
     pid = os.getpid()
     if pid not in _pools:
@@ -259,9 +259,8 @@ def train_transform(
     """The geometric part: crop that keeps the object, flip (boxes move with the pixels).
 
     The crop is mild on purpose: zooming in on the object makes boxes larger than
-    validation ever sees them, and the box head learns that prior. Measured on the
-    shared photos, first fine-tuning epoch from the same stage-1 weights: val mean
-    IoU 0.585 with p=0.8 / scale 0.4, 0.644 with p=0.5 / scale 0.7.
+    validation ever sees them, and the box head learns that prior (a stronger crop
+    gave a clearly lower validation mean IoU on the shared photos).
     """
     steps = [RandomCropContaining(min_scale=crop_scale, p=crop_p), v2.RandomHorizontalFlip(p=0.5)]
     if zoom_out_p > 0:
@@ -274,8 +273,8 @@ def train_transform(
 
 def colour_transform() -> v2.ColorJitter:
     """The photometric part, applied after resizing to the input size: colour jitter
-    costs per pixel, so it runs on the smallest image. No hue jitter: it tripled the
-    per-image augmentation time (21 vs 6 ms) for a shift of a few degrees."""
+    costs per pixel, so it runs on the smallest image. No hue jitter: it costs several
+    times the rest of the augmentation for a shift of a few degrees."""
     return v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)
 
 
@@ -337,9 +336,8 @@ def warp(drawn: Draw) -> np.ndarray:
 
     The steps the default augmentation has are pure pixel copies (crop, mirror, a grey canvas),
     done here as numpy views on the HWC image: the same pixels as torchvision's kernels on a CHW
-    tensor, without the two layout conversions. Any other step runs torchvision's own kernel.
-    Measured (``apply``: warp, resize, colour, normalize, default augmentation, one thread):
-    4.5 vs 6.4 ms per photo before, the same inputs bit for bit."""
+    tensor, without the two layout conversions, and the same inputs bit for bit. Any other step
+    runs torchvision's own kernel."""
     image = drawn.sample.large
     for transform, params in drawn.steps:
         if params is None:  # a random-apply step that did not fire
@@ -373,8 +371,7 @@ def jitter_colour(rgb: np.ndarray, params: dict) -> np.ndarray:
     each uint8 value through one function for the whole image, so torchvision's kernel runs on
     the 256 possible values and the image is looked up in the result (contrast's grey mean still
     comes from the image, computed as torchvision does). Saturation and hue mix channels: their
-    kernels run on the planes. Measured, with normalization, default jitter on the 256 px photos:
-    1.4 vs 2.1 ms per image for torchvision's transform on an HWC view."""
+    kernels run on the planes."""
     if not params:  # no colour step was drawn
         return rgb
     planes = np.ascontiguousarray(rgb.transpose(2, 0, 1))
@@ -493,8 +490,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> list:
         """A batch (what the DataLoader fetches): the random draws in order on this thread, exactly as
-        one item after the other would make them, then the pixel work on the store's threads.
-        Measured on the 2-core CPU: 1.4-1.9x the images/s of augmenting one image after the other."""
+        one item after the other would make them, then the pixel work on the store's threads (two
+        cores augment faster than one, with the same numbers)."""
         drawn = [draw(self.store[self.records[i]], self.transform, self.colour) for i in indices]
         # the same resize and normalize as serving (Preprocessing), colour jitter in between
         return as_items(self.records, self.class_index, indices, applied(drawn, self.store))

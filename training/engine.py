@@ -1,4 +1,4 @@
-"""One epoch of training, evaluation, and the frozen-feature cache.
+"""One epoch of training, evaluation, and which backbone parameters train.
 
 In the style of torchvision's ``references/``: plain functions over a model,
 a loader and an optimizer. The model is a ``models.ClsLocNet``:
@@ -10,6 +10,7 @@ runs once and training runs only the rest on what it computed.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
-from tqdm import tqdm
 
 from clsloc.boxes import denormalize_boxes, paired_iou
 from clsloc.metrics import evaluate_records
 from clsloc.models import select_boxes
+from clsloc.progress import progress_bar
 
 # -- loss ------------------------------------------------------------------------------
 
@@ -163,6 +164,38 @@ class Prefetcher:
         self._thread.shutdown()
 
 
+def channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images (N, C, H, W) in channels-last memory on a CPU, where the conv trunk runs faster so."""
+    if x.dim() == 4 and device.type == "cpu":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class _Tally:
+    """Running sums of an epoch's losses, correct labels and box IoUs."""
+
+    def __init__(self):
+        self.sums = np.zeros(3)
+        self.correct = self.seen = 0
+        self.iou_sum = 0.0
+
+    @torch.no_grad()
+    def add(self, loss_value: float, parts: LossParts, logits, boxes, labels, targets) -> None:
+        n = len(labels)
+        self.sums += n * np.array([loss_value, float(parts.cls.detach()), float(parts.box.detach())])
+        self.correct += int((logits.argmax(1) == labels).sum())
+        pred = select_boxes(logits, boxes).float().cpu().numpy()
+        self.iou_sum += float(paired_iou(pred, targets.cpu().numpy()).sum())
+        self.seen += n
+
+    def finish(self, stats: EpochStats) -> None:
+        stats.n = self.seen
+        if self.seen and not stats.aborted:
+            stats.loss, stats.cls_loss, stats.box_loss = (self.sums / self.seen).tolist()
+            stats.accuracy = self.correct / self.seen
+            stats.mean_iou = self.iou_sum / self.seen
+
+
 def train_one_epoch(
     forward,
     loader,
@@ -185,21 +218,15 @@ def train_one_epoch(
     ``explode_factor``: set ``abort_above`` from this epoch's first batch loss.
     ``prefetch``: fetch the next batch during this one's backward pass (``Prefetcher``;
     the same numbers either way)."""
-    import time
-
     start = time.perf_counter()
     stats = EpochStats()
     ratio = UpdateRatio(optimizer)
-    sums = np.zeros(3)
-    correct = seen = 0
-    iou_sum = 0.0
+    tally = _Tally()
     use_amp = scaler is not None
     batches = Prefetcher(loader) if prefetch else None
-    bar = tqdm(batches or loader, total=len(loader), desc=desc, leave=False, disable=not progress, unit="batch")
+    bar = progress_bar(batches or loader, enabled=progress, total=len(loader), desc=desc, leave=False, unit="batch")
     for x, labels, targets in bar:
-        x = x.to(device, non_blocking=True)
-        if x.dim() == 4 and device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x.to(device, non_blocking=True), device)
         labels, targets = labels.to(device), targets.to(device)
         with torch.autocast(device.type, enabled=use_amp):
             logits, boxes = forward(x)
@@ -208,7 +235,7 @@ def train_one_epoch(
             batches.fetch_next()  # after the forward's random draws (dropout), as a plain loop would draw them
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(parts.total.detach())
-        if seen == 0:
+        if tally.seen == 0:
             stats.first_loss = loss_value
             if explode_factor is not None and math.isfinite(loss_value):
                 abort_above = explode_factor * loss_value
@@ -227,22 +254,12 @@ def train_one_epoch(
         ratio.after_step()
         if scheduler is not None:
             scheduler.step()
-        n = len(labels)
-        sums += n * np.array([loss_value, float(parts.cls.detach()), float(parts.box.detach())])
-        with torch.no_grad():
-            correct += int((logits.argmax(1) == labels).sum())
-            pred = select_boxes(logits, boxes).float().cpu().numpy()
-            iou_sum += float(paired_iou(pred, targets.cpu().numpy()).sum())
-        seen += n
+        tally.add(loss_value, parts, logits, boxes, labels, targets)
         bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
     if batches is not None:
         batches.close()
-    stats.n = seen
-    if seen and not stats.aborted:
-        stats.loss, stats.cls_loss, stats.box_loss = (sums / seen).tolist()
-        stats.accuracy = correct / seen
-        stats.mean_iou = iou_sum / seen
+    tally.finish(stats)
     stats.update_ratio = ratio.means()
     stats.seconds = time.perf_counter() - start
     return stats
@@ -256,9 +273,7 @@ def predict(forward, loader, device: torch.device, *, amp: bool = False) -> tupl
     """-> (logits (N, C), selected boxes (N, 4) normalized xyxy, mean loss inputs unused)."""
     all_logits, all_boxes, all_raw = [], [], []
     for x, _, _ in loader:
-        x = x.to(device, non_blocking=True)
-        if x.dim() == 4 and device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x.to(device, non_blocking=True), device)
         with torch.autocast(device.type, enabled=amp):
             logits, boxes = forward(x)
         all_logits.append(logits.float().cpu())
@@ -282,45 +297,7 @@ def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_we
     return report
 
 
-# -- frozen-feature cache ------------------------------------------------------------------
-
-
-@torch.no_grad()
-def compute_features(
-    trunk: nn.Sequential,
-    loader,
-    device: torch.device,
-    *,
-    stops=(None,),
-    desc: str = "features",
-    progress: bool = True,
-    amp: bool = False,
-) -> list[torch.utils.data.TensorDataset]:
-    """Run the frozen trunk (its stages in order, e.g. ``ClsLocNet.frozen_trunk()``) once over
-    ``loader``, keeping the output after each of ``stops`` (stage counts, ascending; None = the
-    whole trunk: the heads' input).
-
-    -> one TensorDataset(activations, labels, boxes) per stop, from a single pass.
-    """
-    trunk.eval()
-    outs: list[list[torch.Tensor]] = [[] for _ in stops]
-    labels, boxes = [], []
-    batches = Prefetcher(loader)  # the views draw from their own seeds: any order of fetching gives the same
-    for x, y, b in tqdm(batches, total=len(loader), desc=desc, leave=False, disable=not progress, unit="batch"):
-        batches.fetch_next()
-        x = x.to(device)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        done = 0
-        with torch.autocast(device.type, enabled=amp):
-            for out, stop in zip(outs, stops):
-                x = trunk[done:stop](x)
-                done = stop
-                out.append(x.float().contiguous().cpu())
-        labels.append(torch.as_tensor(y))
-        boxes.append(torch.as_tensor(b))
-    labels_t, boxes_t = torch.cat(labels), torch.cat(boxes)
-    return [torch.utils.data.TensorDataset(torch.cat(out), labels_t, boxes_t) for out in outs]
+# -- what trains -------------------------------------------------------------------------
 
 
 def set_backbone_trainable(
@@ -332,9 +309,9 @@ def set_backbone_trainable(
     where fine-tuning spends most of its time on a CPU (large early maps).
     ``depthwise=False`` keeps the depthwise convolutions' filters as pretrained
     and ``norm=False`` the BatchNorm layers' scale and shift (detectron2's
-    FrozenBatchNorm2d): few parameters (5% of what stage 2 trains in Lite0), but on a CPU
-    their gradients cost a fifth of the fine-tuning step (oneDNN's depthwise
-    weight gradient runs at a fraction of the dense convolutions' speed).
+    FrozenBatchNorm2d): few parameters, but on a CPU their gradients cost a
+    large share of the fine-tuning step (oneDNN's depthwise weight gradient
+    runs at a fraction of the dense convolutions' speed).
     """
     params = list(model.backbone.parameters())
     first_trained = len(params) - round(depth * len(params)) if trainable else len(params)

@@ -35,6 +35,7 @@ import numpy as np
 from clsloc.boxes import denormalize_boxes, paired_iou
 from clsloc.manifest import INPUT_NAME, MANIFEST_FILE, MODEL_FILE, OUTPUT_NAMES, Manifest
 from clsloc.preprocess import Preprocessing
+from clsloc.samples import write_samples
 
 MAX_LOGIT_DIFF = 1e-4
 MIN_BOX_IOU = 0.999
@@ -296,6 +297,8 @@ def export_run(
     bentoml_name: str | None = None,
     name: str | None = None,
     calibration_images: int = 64,
+    description: str = "",
+    samples_per_class: int = 2,
     log=print,
 ) -> Manifest:
     """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError."""
@@ -371,6 +374,8 @@ def export_run(
         metrics=metrics,
         parity=check,
         extra={"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt", "opset": OPSET},
+        description=description,
+        samples=write_samples(val_records, out, per_class=samples_per_class),
     )
     manifest.save(out)
     log(f"export: wrote {out / MODEL_FILE} and {out / MANIFEST_FILE} ({precision})")
@@ -403,6 +408,9 @@ def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None
         metadata=metadata,
     ) as stored:
         shutil.copy2(model_dir / MODEL_FILE, Path(stored.path) / MODEL_FILE)
+        for sample in manifest.samples:
+            (Path(stored.path) / sample["file"]).parent.mkdir(exist_ok=True)
+            shutil.copy2(model_dir / sample["file"], Path(stored.path) / sample["file"])
         manifest.save(stored.path)
     return str(stored.tag)
 
@@ -418,6 +426,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", help="model name in the manifest (default: --bentoml NAME or the run directory name)")
     parser.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate int8")
+    parser.add_argument(
+        "--description", default="", help="what the model is, in a sentence: shown by clsloc serve and the web page"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=2,
+        metavar="N",
+        help="validation images per class copied beside the model as examples to try (0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -429,6 +447,8 @@ def run(args: argparse.Namespace) -> int:
             bentoml_name=args.bentoml,
             name=args.name,
             calibration_images=args.calibration_images,
+            description=args.description,
+            samples_per_class=args.samples,
         )
     except ExportError as exc:
         print(f"clsloc export: {exc}", file=sys.stderr)

@@ -1,37 +1,16 @@
 """The two-stage training recipe, from records to a run directory.
 
-Stage 1 trains the heads on the frozen backbone. Its inputs never change
-(no augmentation needs them fresh), so the backbone runs ONCE over every
-image — and over ``cache_views - 1`` fixed variants of it (its mirror image, then
-augmented copies drawn once) — and the heads train
-on those cached features: dozens of epochs cost what one epoch of the full
-network would.
+Stage 1 trains the heads on the frozen backbone's cached features; stage 2
+(optional) fine-tunes the top of the backbone with the heads at a lower rate,
+starting from the best stage-1 weights (``training.stages`` says what each
+stage trains and on what; ``training.features`` holds the cache).
 
-Stage 2 (optional) fine-tunes the top ``finetune_depth`` of the backbone
-with the heads at a lower rate on freshly augmented images, starting from the
-best stage-1 weights. Within the top, by default, only the dense convolutions
-train: the depthwise filters and BatchNorm (statistics, scale and shift) stay
-as pretrained, which on a CPU saves a fifth of the step at no measured loss,
-and lets the top train with its norm layers folded into the convolutions
-(``ClsLocNet.top_with_constant_norms_folded``). With ``--finetune-cache`` its
-frozen bottom's output is cached too, per view, in the same pass as stage 1's
-features, and each epoch draws one cached view per image so only the trained
-top runs, forward and back: about 1.7x the images/s of fresh augmentation on
-a CPU, but measured less accurate (README), so it is an option for quick
-experiments.
-
-Wherever the backbone stays frozen (stage 1's features, stage 2's bottom
-under fresh augmentation, the cached activations) it runs as one
-BatchNorm-folded inference snapshot (``ClsLocNet.frozen_trunk``, held by the
-``FeatureCache``): 16% (stage 2's bottom) to 21% (the whole trunk) less
-time per image than the modules being trained, measured on the 2-core CPU,
-with the same function up to float rounding.
-
-Both stages: per-step learning-rate decay, early stopping on a validation
-metric, ``best.pt``/``last.pt`` after every epoch, one line per epoch on the
-console and in ``metrics.jsonl``. Every epoch reseeds every RNG from
-(seed, stage, epoch), so ``--resume`` replays the rest of a killed run
-exactly as the unbroken run would have.
+Both stages run the same epoch loop: per-step learning-rate decay, early
+stopping on a validation metric, ``best.pt``/``last.pt`` after every epoch,
+one line per epoch on the console and in ``metrics.jsonl``. Every epoch
+reseeds every RNG from (seed, stage, epoch), so ``--resume`` replays the rest
+of a killed run exactly as the unbroken run would have. What a run has done
+so far is one :class:`RunState`, saved in ``last.pt``.
 """
 
 from __future__ import annotations
@@ -40,13 +19,11 @@ import json
 import math
 import random
 import time
-import weakref
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from clsloc.datasets import fingerprint
 from clsloc.training import distributed
@@ -54,19 +31,18 @@ from clsloc.training.checkpoint import (
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
+    RECIPE_FILE,
     load_checkpoint,
     save_checkpoint,
     write_split,
 )
-from clsloc.training.config import TrainConfig, write_json
-from clsloc.training.data import AugmentedDataset, FixedDataset, ImageStore, Splits, train_transform
-from clsloc.training.engine import compute_features, evaluate, set_backbone_trainable, train_one_epoch
+from clsloc.training.config import TrainConfig, write_json, write_recipe
+from clsloc.training.data import FixedDataset, ImageStore, Splits
+from clsloc.training.engine import EpochStats, evaluate, train_one_epoch
+from clsloc.training.features import INFERENCE_BATCH, CachedViews, FeatureCache
+from clsloc.training.stages import StagePlan, freeze_batchnorm, plan_stage
 
 RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2  # a decade either side of the lecture's ~1e-3
-# Images per forward pass where nothing trains (features, validation). Measured on the 2-core CPU, Lite0 at
-# 256 px: 19 ms per image at 32, 28 at 64; and the larger activations of 64 fragmented the heap (mmap is off,
-# training/cpu.py), after which every fine-tune epoch ran ~20% slower and peak RSS was 5.9 GB instead of 3.6.
-INFERENCE_BATCH = 32
 
 
 def say(*args) -> None:
@@ -95,17 +71,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-class Heads(nn.Module):
-    """The heads alone, as a module (so DDP can wrap stage 1)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, features):
-        return self.model.forward_heads(features)
-
-
 def ratio_warning(name: str, ratio: float, *, epoch: int, lr_fraction: float) -> str | None:
     """The lecture's check: updates about 1e-3 of the weights. A message when far off, else None.
 
@@ -128,8 +93,8 @@ def better(value: float, best: float | None, monitor: str) -> bool:
 def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
-    # fused: one kernel per step instead of a dozen small ops per tensor; measured about half of
-    # stage 1's optimizer time on the 2-core CPU (its heads train for over a thousand steps).
+    # fused: one kernel per step instead of a dozen small ops per tensor, which matters for stage 1,
+    # whose small heads train for many short steps.
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
 
 
@@ -163,153 +128,90 @@ class FitResult:
     exploded: bool = False
 
 
-class FeatureCache:
-    """What the frozen network computes per (record, view, depth), shared by stages, folds and trials.
+@dataclass
+class RunState:
+    """Where a run stands: saved in ``last.pt`` after every epoch, restored by ``--resume``."""
 
-    ``depth`` counts trunk stages (``clsloc.models.backbones.trunk_stages``): None is
-    the whole trunk (stage 1's features, the heads' input); k is the output of
-    the frozen bottom that stage 2 fine-tunes on top of. Both come from one
-    pass over each view when asked together (``also``).
-    """
+    stage: int = 1
+    epoch: int = 0  # last finished epoch of ``stage``
+    stage_done: bool = False
+    best_value: float | None = None  # of the monitored validation metric
+    best: dict = field(default_factory=dict)  # {"stage", "epoch", monitor: value} of the best epoch
+    bad_epochs: int = 0  # epochs since the monitored metric last improved
+    history: list[dict] = field(default_factory=list)  # one record per epoch (metrics.jsonl)
 
-    def __init__(self):
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._trunks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def trunk(self, model) -> nn.Sequential:
-        """``model``'s trunk as a BatchNorm-folded inference snapshot (``ClsLocNet.frozen_trunk``),
-        made on first use: what every cached activation comes from, and stage 2's frozen bottom
-        (sliced) on fresh images. Only its frozen stages may be used once training has begun."""
-        if model not in self._trunks:
-            self._trunks[model] = model.frozen_trunk()
-        return self._trunks[model]
-
-    def dataset(
-        self,
-        model,
-        records,
-        store,
-        class_index,
-        device,
-        *,
-        view=0,
-        depth: int | None = None,
-        also: tuple[int, ...] = (),
-        crop: tuple[float, float] | None = None,
-        amp=False,
-        progress=True,
-        desc="",
-    ):
-        variant = crop if view >= 2 else None  # only the augmented views depend on the crop settings
-
-        def key(record, stop):
-            return str(record.image), view, variant, stop
-
-        todo = [r for r in records if key(r, depth) not in self._cache]
-        if todo:
-            wanted = {depth, *also}  # trunk depths in ascending order, the whole trunk (None) last
-            stops = sorted(d for d in wanted if d is not None) + ([None] if None in wanted else [])
-            loader = torch.utils.data.DataLoader(
-                FixedDataset(todo, store, class_index, view=view, crop=crop), batch_size=INFERENCE_BATCH
-            )
-            outs = compute_features(
-                self.trunk(model), loader, device, stops=stops, desc=desc, amp=amp, progress=progress
-            )
-            for stop, ds in zip(stops, outs):
-                for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
-                    self._cache[key(r, stop)] = (f.clone(), b.clone())
-        feats = torch.stack([self._cache[key(r, depth)][0] for r in records])
-        boxes = torch.stack([self._cache[key(r, depth)][1] for r in records])
-        labels = torch.tensor([class_index[r.label] for r in records])
-        return torch.utils.data.TensorDataset(feats, labels, boxes)
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> RunState:
+        state = cls(**{f.name: checkpoint[f.name] for f in fields(cls)})
+        state.history = list(state.history)
+        return state
 
 
-class CachedViews(torch.utils.data.Dataset):
-    """Stage 2 on cached activations: item i is one of record i's cached views, drawn anew
-    each epoch (``draw``) — the fixed-view stand-in for fresh augmentation."""
+@dataclass
+class Run:
+    """One call of :func:`fit`: what it trains, on what, where it writes, and its state."""
 
-    def __init__(self, views: list[torch.utils.data.TensorDataset]):
-        self.views = views
-        self.choice = torch.zeros(len(views[0]), dtype=torch.long)
+    config: TrainConfig
+    splits: Splits
+    model: torch.nn.Module
+    device: torch.device
+    store: ImageStore
+    features: FeatureCache
+    run_dir: Path | None
+    write: bool  # this process writes the run directory (the main rank, with a directory)
+    progress: bool  # progress bars
+    log_epochs: bool
+    select_best: bool
+    epoch_callback: object = None
+    explode_factor: float | None = None
+    state: RunState = field(default_factory=RunState)
+    checkpoint: dict | None = None  # last.pt when resuming
+    best_weights: dict | None = None  # state dict of the best epoch so far
+    start_loss: float | None = None  # the run's first batch loss (explode_factor)
+    exploded: dict | None = None  # where the loss exploded, if it did
 
-    def draw(self, generator: torch.Generator) -> None:
-        if len(self.views) > 1:  # one view: nothing to draw, and the shuffle's random stream stays as it was
-            self.choice = torch.randint(len(self.views), (len(self),), generator=generator)
+    @property
+    def classes(self) -> list[str]:
+        return list(self.splits.classes)
 
-    def __len__(self) -> int:
-        return len(self.views[0])
+    @property
+    def class_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.splits.classes)}
 
-    def __getitem__(self, i: int):
-        return self.views[int(self.choice[i])][i]
+    @property
+    def amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
 
+    @property
+    def per_rank_batch(self) -> int:
+        return max(1, self.config.batch_size // distributed.world_size())
 
-class Top(nn.Module):
-    """The network above its cached frozen bottom, as a module (so DDP can wrap stage 2).
+    def evaluate(self, forward, loader) -> dict:
+        """The validation report (``clsloc.metrics``) and loss of ``forward`` over ``loader``."""
+        config = self.config
+        return evaluate(
+            forward, loader, self.splits.val, self.classes, self.device,
+            box_kind=config.box_loss, box_weight=config.box_weight, amp=self.amp,
+        )  # fmt: skip
 
-    ``fold_norms``: train through ``ClsLocNet.top_with_constant_norms_folded``, the
-    top's convolutions with the norm layers that cannot change folded in (the
-    same function and gradients up to float rounding, without the norm
-    layers' work). Build it after the norm layers are frozen.
-    """
+    def save_last(self, optimizer, scheduler, scaler) -> None:
+        save_checkpoint(
+            self.run_dir / "last.pt",
+            {
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                **asdict(self.state),
+                "rng_torch": torch.get_rng_state(),
+            },
+        )
 
-    def __init__(self, model, start: int, *, fold_norms: bool = False):
-        super().__init__()
-        self.model = model
-        self.start = start
-        self.trunk = model.top_with_constant_norms_folded(start) if fold_norms else None
-
-    def forward(self, activations):
-        if self.trunk is None:
-            return self.model.forward_top(activations, self.start)
-        return self.model.forward_heads(self.trunk(activations))
-
-
-class ThroughFrozen:
-    """Stage 2 on fresh images: the frozen bottom's inference snapshot (no autograd graph,
-    BatchNorm folded), then the top that trains: the whole network's function up to float rounding."""
-
-    def __init__(self, bottom: nn.Module, top):
-        self.bottom, self.top = bottom, top
-
-    def __call__(self, x):
-        with torch.no_grad():
-            x = self.bottom(x)
-        return self.top(x)
-
-
-def set_finetune_trainable(model, config: TrainConfig) -> None:
-    """What stage 2 trains: the top ``finetune_depth`` of the backbone, its depthwise filters and
-    norm layers' scale/shift only when the config asks (``set_backbone_trainable``)."""
-    set_backbone_trainable(
-        model, True, config.finetune_depth, depthwise=config.finetune_depthwise, norm=config.finetune_norm
-    )
-
-
-def cached_finetune_start(model, config: TrainConfig) -> int:
-    """The trunk stage stage 2 starts from when it trains on cached activations; 0 = it runs
-    the whole network on fresh images (no stage 2, the cache switched off, the whole trunk
-    trained, or BatchNorm statistics that change and would make the cache stale)."""
-    if not (config.finetune_epochs and config.finetune_cache and config.freeze_bn):
-        return 0
-    set_finetune_trainable(model, config)
-    start = model.frozen_stages()
-    set_backbone_trainable(model, False)
-    return start
-
-
-def resolved_config(config: TrainConfig, model, splits: Splits) -> dict:
-    d = config.to_dict()
-    d.update(
-        classes=list(splits.classes),
-        head={"attach": config.attach, "per_class": config.per_class},
-        preprocessing=model.preprocessing.to_dict(),
-        data_fingerprint=fingerprint(splits.train + splits.val),
-        n_train=len(splits.train),
-        n_val=len(splits.val),
-        skipped=splits.skipped,
-        torch=torch.__version__,
-    )
-    return d
+    def save_best(self, weights: dict, stage: int, epoch: int, value: float | None) -> None:
+        save_checkpoint(
+            self.run_dir / "best.pt",
+            {"model": weights, "stage": stage, "epoch": epoch, "monitor": self.config.monitor, "value": value},
+        )
 
 
 def fit(
@@ -340,383 +242,291 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    amp = config.amp and device.type == "cuda"
-    rank_main = distributed.is_main()
     run_dir = Path(out) if out is not None else None
-    write = run_dir is not None and rank_main
+    write = run_dir is not None and distributed.is_main()
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-
-    classes = list(splits.classes)
-    class_index = {c: i for i, c in enumerate(classes)}
     seed_everything(config.seed)
-    model = model_for(config, len(classes), input_size=input_size)
+    model = model_for(config, len(splits.classes), input_size=input_size)
     # Per-epoch validation runs the plain model (the mirror pass would double its cost); the final
     # report runs the model as exported, with test-time augmentation when the config asks for it.
     model.flip_tta = False
     model.to(device)
     if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)  # measured faster for the conv trunk on CPU
+        model.to(memory_format=torch.channels_last)  # the conv trunk runs faster so on a CPU
+    run = Run(
+        config=config,
+        splits=splits,
+        model=model,
+        device=device,
+        store=store or ImageStore(model.preprocessing),
+        features=features if features is not None else FeatureCache(),
+        run_dir=run_dir,
+        write=write,
+        progress=progress and distributed.is_main(),
+        log_epochs=log_epochs,
+        select_best=select_best,
+        epoch_callback=epoch_callback,
+        explode_factor=explode_factor,
+    )
     full_config = resolved_config(config, model, splits)
-    full_config.update(device_used=str(device), amp_used=amp, world_size=distributed.world_size())
+    full_config.update(device_used=str(device), amp_used=run.amp, world_size=distributed.world_size())
     if write and not resume:
         write_json(run_dir / CONFIG_FILE, full_config)
+        write_recipe(run_dir / RECIPE_FILE, config)
         write_split(run_dir, splits.train, splits.val, full_config)
         (run_dir / HISTORY_FILE).write_text("")
-
-    store = store or ImageStore(model.preprocessing)
-    features = features if features is not None else FeatureCache()
-    state = {
-        "stage": 1,
-        "epoch": 0,
-        "stage_done": False,
-        "best_value": None,
-        "best": {},
-        "bad_epochs": 0,
-        "history": [],
-    }
-    ckpt = None
-    best_weights: dict = {}  # {"model": state dict} of the best epoch so far
-    start_loss: dict = {}  # {"value": first batch loss}, for explode_factor
-    exploded: dict = {}
     if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        state.update({k: ckpt[k] for k in state})
-        state["history"] = list(ckpt["history"])
-        if write:  # drop lines a killed run appended after its last checkpoint
-            (run_dir / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
-        if (run_dir / "best.pt").exists():
-            best_weights["model"] = load_checkpoint(run_dir / "best.pt")["model"]
-        say(f"resuming {run_dir} at stage {state['stage']}, epoch {state['epoch']}")
-
-    n_steps_world = distributed.world_size()
-    if n_steps_world > 1 and log_epochs:
+        restore(run)
+    world = distributed.world_size()
+    if world > 1 and log_epochs:
         say(
-            f"distributed: {n_steps_world} processes ({torch.distributed.get_backend()}), "
-            f"{max(1, config.batch_size // n_steps_world)} images per process per step"
-        )
-    per_rank_batch = max(1, config.batch_size // n_steps_world)
-
-    def save(stage_state: dict, optimizer, scheduler, scaler) -> None:
-        if not write:
-            return
-        save_checkpoint(
-            run_dir / "last.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                **{
-                    k: stage_state[k]
-                    for k in ("stage", "epoch", "stage_done", "best_value", "best", "bad_epochs", "history")
-                },
-                "rng_torch": torch.get_rng_state(),
-            },
+            f"distributed: {world} processes ({torch.distributed.get_backend()}), {run.per_rank_batch} images per process per step"
         )
 
-    def run_stage(stage: int, epochs: int) -> None:
-        if epochs == 0 or state["stage"] > stage or (state["stage"] == stage and state["stage_done"]):
-            return
-        resuming_here = ckpt is not None and ckpt["stage"] == stage and not ckpt["stage_done"]
-        if state["stage"] < stage:
-            state.update(stage=stage, epoch=0, stage_done=False, bad_epochs=0)
-        start = cached_finetune_start(model, config)  # stage 2's cached bottom, computed with stage 1's features
-        cache_args = dict(amp=amp, progress=progress and rank_main, crop=(config.crop_p, config.crop_scale))
-        also = (start,) if start else ()
-        val_forward = None  # what validates each epoch; None: the module being trained
-        frozen_bottom = None  # stage 2 on fresh images: the frozen bottom's snapshot, run before the trained top
-        if stage == 1:
-            set_backbone_trainable(model, False)
-            store.load(splits.train + splits.val)
-            train_sets = [
-                features.dataset(
-                    model,
-                    splits.train,
-                    store,
-                    class_index,
-                    device,
-                    view=view,
-                    also=also,
-                    desc=f"features (train, view {view + 1}/{config.cache_views})",
-                    **cache_args,
-                )
-                for view in range(config.cache_views)
-            ]
-            train_set = torch.utils.data.ConcatDataset(train_sets)
-            val_set = features.dataset(
-                model, splits.val, store, class_index, device, also=also, desc="features (val)", **cache_args
-            )
-            trainable: nn.Module = Heads(model)
-            groups = [{"params": model.head_parameters(), "lr": config.lr, "name": "heads"}]
-            base_lr = config.lr
-        else:
-            set_finetune_trainable(model, config)
-            if config.freeze_bn:
-                model.backbone.apply(_freeze_batchnorm)  # before Top folds the norm layers that cannot change
-            store.load(splits.train + splits.val)
-            if start:  # the frozen bottom's output per cached view: only the top runs, forward and back
-                views = range(config.cache_views) if config.augment else [0]
-                train_set = CachedViews(
-                    [
-                        features.dataset(
-                            model,
-                            splits.train,
-                            store,
-                            class_index,
-                            device,
-                            view=view,
-                            depth=start,
-                            desc=f"activations (train, view {view + 1}/{len(views)})",
-                            **cache_args,
-                        )
-                        for view in views
-                    ]
-                )
-                trainable = Top(model, start, fold_norms=True)  # the cache needs frozen norm statistics
-            else:
-                train_set = (
-                    AugmentedDataset(splits.train, store, class_index, augmentation(config))
-                    if config.augment
-                    else FixedDataset(splits.train, store, class_index)
-                )
-                trainable = model
-            bottom = model.frozen_stages() if config.freeze_bn else 0
-            if bottom:
-                # What the frozen bottom computes on the validation images cannot change during this stage:
-                # computed once, each epoch's validation runs only the trained top (about 40% of the
-                # network at the default depth), with the whole network's numbers up to float rounding.
-                val_set = features.dataset(
-                    model, splits.val, store, class_index, device, depth=bottom, desc="activations (val)", **cache_args
-                )
-                val_forward = Top(model, bottom)
-                if not start:
-                    # Fresh images: the frozen bottom runs as its BatchNorm-folded snapshot, outside autograd,
-                    # and the top trains with its constant norm layers folded in too.
-                    frozen_bottom = features.trunk(model)[:bottom]
-                    trainable = Top(model, bottom, fold_norms=True)
-            else:
-                val_set = FixedDataset(splits.val, store, class_index)
-            groups = [
-                {
-                    "params": [p for p in model.backbone.parameters() if p.requires_grad],
-                    "lr": config.finetune_lr,
-                    "name": "backbone",
-                },
-                {"params": model.head_parameters(), "lr": config.finetune_lr, "name": "heads"},
-            ]
-            base_lr = config.finetune_lr
-        forward = distributed.wrap(trainable, device)
-        if frozen_bottom is not None:
-            forward = ThroughFrozen(frozen_bottom, forward)
-        optimizer = make_optimizer(config, groups)
-        sampler = distributed.sampler(train_set, seed=config.seed)
-        steps = math.ceil(len(sampler if sampler is not None else train_set) / per_rank_batch)
-        scheduler = make_scheduler(config, optimizer, steps * epochs, warmup_steps=steps if stage == 2 else 0)
-        scaler = torch.amp.GradScaler("cuda") if amp else None
-        if resuming_here:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt["scaler"]:
-                scaler.load_state_dict(ckpt["scaler"])
-        val_loader = torch.utils.data.DataLoader(val_set, batch_size=INFERENCE_BATCH)
-        warned: set[str] = set()
+    run_stage(run, 1, config.epochs)
+    if not run.exploded and config.finetune_epochs and run.state.stage == 1 and select_best and run.best_weights:
+        model.load_state_dict(run.best_weights)  # fine-tune from the best heads, not the last
+    if not run.exploded:
+        run_stage(run, 2, config.finetune_epochs)
+    if run.exploded:
+        metrics = {"exploded": run.exploded}
+        return FitResult(run_dir, metrics, run.state.history, run.state.best, time.perf_counter() - started, True)
+    metrics = final_report(run, started)
+    if write:
+        write_outputs(run, metrics, full_config)
+    return FitResult(run_dir, metrics, run.state.history, run.state.best, metrics["seconds"])
 
-        for epoch in range(state["epoch"] + 1, epochs + 1):
-            generator = seed_everything(epoch_seed(config.seed, stage, epoch))
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            if isinstance(train_set, CachedViews):
-                train_set.draw(generator)
-            loader = torch.utils.data.DataLoader(
-                train_set,
-                batch_size=per_rank_batch,
-                shuffle=sampler is None,
-                sampler=sampler,
-                generator=generator,
-                num_workers=config.workers if stage == 2 and not start else 0,
-                drop_last=len(train_set) > per_rank_batch * n_steps_world,
-                persistent_workers=False,
-            )
-            model.train()
-            if stage == 1 or config.freeze_bn:
-                # Frozen, or fine-tuned with small batches: the backbone's BatchNorm keeps its
-                # ImageNet statistics (measured: batch statistics wreck the stage-1 heads).
-                model.backbone.apply(_freeze_batchnorm)
-            abort_above = explode_factor * start_loss["value"] if explode_factor and start_loss else None
-            stats = train_one_epoch(
-                forward,
-                loader,
-                optimizer,
-                box_kind=config.box_loss,
-                box_weight=config.box_weight,
-                device=device,
-                scaler=scaler,
-                scheduler=scheduler,
-                progress=progress and rank_main,
-                desc=f"stage {stage} epoch {epoch}/{epochs}",
-                abort_above=abort_above,
-                explode_factor=explode_factor if not start_loss else None,
-            )
-            start_loss.setdefault("value", stats.first_loss)
-            if stats.aborted:
-                exploded["at"] = {"stage": stage, "epoch": epoch, "loss": stats.loss, "start_loss": start_loss["value"]}
-                say(
-                    f"  stage {stage} epoch {epoch}: loss {stats.loss:.4g} exploded (start {start_loss['value']:.4g}); stopping"
-                )
-                state["stage_done"] = True
-                state["history"].append({"stage": stage, "epoch": epoch, "exploded": True, "train_loss": stats.loss})
-                break
-            model.eval()
-            report = evaluate(
-                val_forward or trainable,
-                val_loader,
-                splits.val,
-                classes,
-                device,
-                box_kind=config.box_loss,
-                box_weight=config.box_weight,
-                amp=amp,
-            )
-            record = {
-                "stage": stage,
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": stats.loss,
-                "train_cls_loss": stats.cls_loss,
-                "train_box_loss": stats.box_loss,
-                "train_accuracy": stats.accuracy,
-                "train_mean_iou": stats.mean_iou,
-                "val_loss": report["loss"],
-                "val_accuracy": report["accuracy"],
-                "val_mean_iou": report["mean_iou"],
-                "val_loc_accuracy": report["loc_accuracy"],
-                "update_ratio": stats.update_ratio,
-                "seconds": round(stats.seconds, 3),
-                "images_per_s": stats.n * n_steps_world / max(stats.seconds, 1e-9),
-            }
-            monitored = report["loss"] if config.monitor == "loss" else report[config.monitor]
-            improved = better(monitored, state["best_value"], config.monitor)
-            if improved:
-                state.update(
-                    best_value=monitored, best={"stage": stage, "epoch": epoch, config.monitor: monitored}, bad_epochs=0
-                )
-                best_weights["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if write:
-                    save_checkpoint(
-                        run_dir / "best.pt",
-                        {
-                            "model": best_weights["model"],
-                            "stage": stage,
-                            "epoch": epoch,
-                            "monitor": config.monitor,
-                            "value": monitored,
-                        },
-                    )
-            else:
-                state["bad_epochs"] += 1
-            record["best"] = improved
-            state["history"].append(record)
-            state["epoch"] = epoch
-            stop = config.patience and state["bad_epochs"] >= config.patience
-            if epoch_callback is not None and epoch_callback(stage, epoch, record):
-                stop = True
-            if stop or epoch == epochs:
-                state["stage_done"] = True
-            if log_epochs:
-                say(format_epoch(record, epochs))
-                lr_fraction = optimizer.param_groups[0]["lr"] / base_lr
-                for name, ratio in stats.update_ratio.items():
-                    warning = ratio_warning(name, ratio, epoch=epoch, lr_fraction=lr_fraction)
-                    if warning and name not in warned:
-                        warned.add(name)
-                        say(f"  warning: {warning}")
-            if write:
-                with open(run_dir / HISTORY_FILE, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                save(state, optimizer, scheduler, scaler)
-            if stop:
-                if log_epochs and config.patience and state["bad_epochs"] >= config.patience:
-                    say(f"  early stop: no better val {config.monitor} for {config.patience} epochs")
-                break
 
-    run_stage(1, config.epochs)
-    if exploded:
-        return FitResult(
-            run_dir,
-            {"exploded": exploded["at"]},
-            state["history"],
-            state["best"],
-            time.perf_counter() - started,
-            exploded=True,
-        )
-    if config.finetune_epochs and state["stage"] == 1 and select_best and best_weights:
-        model.load_state_dict(best_weights["model"])  # fine-tune from the best heads, not the last
-    run_stage(2, config.finetune_epochs)
-    if exploded:
-        return FitResult(
-            run_dir,
-            {"exploded": exploded["at"]},
-            state["history"],
-            state["best"],
-            time.perf_counter() - started,
-            exploded=True,
-        )
+def restore(run: Run) -> None:
+    """``--resume``: the model, state and best weights of ``run.run_dir``'s last finished epoch."""
+    run.checkpoint = load_checkpoint(run.run_dir / "last.pt")
+    run.model.load_state_dict(run.checkpoint["model"])
+    run.state = RunState.from_checkpoint(run.checkpoint)
+    if run.write:  # drop lines a killed run appended after its last checkpoint
+        (run.run_dir / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in run.state.history))
+    if (run.run_dir / "best.pt").exists():
+        run.best_weights = load_checkpoint(run.run_dir / "best.pt")["model"]
+    say(f"resuming {run.run_dir} at stage {run.state.stage}, epoch {run.state.epoch}")
 
-    if select_best and best_weights:
-        model.load_state_dict(best_weights["model"])
-    model.flip_tta = config.tta
-    model.eval()
-    val_set = FixedDataset(splits.val, store, class_index)
-    store.load(splits.val)
-    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
-    report = evaluate(
-        model,
-        torch.utils.data.DataLoader(val_set, batch_size=batch),
-        splits.val,
-        classes,
-        device,
+
+@dataclass
+class Loop:
+    """What one stage's epochs share: its plan and the optimizer, scheduler and loaders built for it."""
+
+    stage: int
+    epochs: int
+    plan: StagePlan
+    forward: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    sampler: object
+    val_loader: torch.utils.data.DataLoader
+    warned: set[str] = field(default_factory=set)
+
+
+def run_stage(run: Run, stage: int, epochs: int) -> None:
+    """Train ``stage`` for ``epochs`` (from where a resumed run stopped), one epoch at a time."""
+    state = run.state
+    if epochs == 0 or state.stage > stage or (state.stage == stage and state.stage_done):
+        return
+    resuming_here = run.checkpoint is not None and run.checkpoint["stage"] == stage and not run.checkpoint["stage_done"]
+    if state.stage < stage:
+        state.stage, state.epoch, state.stage_done, state.bad_epochs = stage, 0, False, 0
+    loop = prepare_loop(run, stage, epochs)
+    if resuming_here:
+        loop.optimizer.load_state_dict(run.checkpoint["optimizer"])
+        loop.scheduler.load_state_dict(run.checkpoint["scheduler"])
+        if loop.scaler is not None and run.checkpoint["scaler"]:
+            loop.scaler.load_state_dict(run.checkpoint["scaler"])
+    for epoch in range(state.epoch + 1, epochs + 1):
+        stats = train_epoch(run, loop, epoch)
+        if stats.aborted:
+            record_explosion(run, stage, epoch, stats)
+            break
+        record = validate_epoch(run, loop, epoch, stats)
+        if finish_epoch(run, loop, epoch, record, stats):
+            break
+
+
+def prepare_loop(run: Run, stage: int, epochs: int) -> Loop:
+    """The stage's plan, and the optimizer, scheduler, sampler and validation loader for it."""
+    plan = plan_stage(run, stage)
+    forward = plan.forward(run.device)
+    optimizer = make_optimizer(run.config, plan.groups)
+    sampler = distributed.sampler(plan.train_set, seed=run.config.seed)
+    steps = math.ceil(len(sampler if sampler is not None else plan.train_set) / run.per_rank_batch)
+    scheduler = make_scheduler(run.config, optimizer, steps * epochs, warmup_steps=steps if stage == 2 else 0)
+    scaler = torch.amp.GradScaler("cuda") if run.amp else None
+    val_loader = torch.utils.data.DataLoader(plan.val_set, batch_size=INFERENCE_BATCH)
+    return Loop(stage, epochs, plan, forward, optimizer, scheduler, scaler, sampler, val_loader)
+
+
+def train_epoch(run: Run, loop: Loop, epoch: int) -> EpochStats:
+    """One pass over the stage's training set, every RNG seeded from (seed, stage, epoch)."""
+    config, plan = run.config, loop.plan
+    generator = seed_everything(epoch_seed(config.seed, loop.stage, epoch))
+    if loop.sampler is not None:
+        loop.sampler.set_epoch(epoch)
+    if isinstance(plan.train_set, CachedViews):
+        plan.train_set.draw(generator)
+    loader = torch.utils.data.DataLoader(
+        plan.train_set,
+        batch_size=run.per_rank_batch,
+        shuffle=loop.sampler is None,
+        sampler=loop.sampler,
+        generator=generator,
+        num_workers=config.workers if loop.stage == 2 and not plan.cached_start else 0,
+        drop_last=len(plan.train_set) > run.per_rank_batch * distributed.world_size(),
+        persistent_workers=False,
+    )
+    run.model.train()
+    if loop.stage == 1 or config.freeze_bn:
+        # Frozen, or fine-tuned with small batches: the backbone's BatchNorm keeps its
+        # ImageNet statistics (batch statistics wreck the stage-1 heads).
+        run.model.backbone.apply(freeze_batchnorm)
+    explode = run.explode_factor
+    stats = train_one_epoch(
+        loop.forward,
+        loader,
+        loop.optimizer,
         box_kind=config.box_loss,
         box_weight=config.box_weight,
-        amp=amp,
+        device=run.device,
+        scaler=loop.scaler,
+        scheduler=loop.scheduler,
+        progress=run.progress,
+        desc=f"stage {loop.stage} epoch {epoch}/{loop.epochs}",
+        abort_above=explode * run.start_loss if explode and run.start_loss is not None else None,
+        explode_factor=explode if run.start_loss is None else None,
     )
+    if run.start_loss is None:
+        run.start_loss = stats.first_loss
+    return stats
+
+
+def record_explosion(run: Run, stage: int, epoch: int, stats: EpochStats) -> None:
+    run.exploded = {"stage": stage, "epoch": epoch, "loss": stats.loss, "start_loss": run.start_loss}
+    say(f"  stage {stage} epoch {epoch}: loss {stats.loss:.4g} exploded (start {run.start_loss:.4g}); stopping")
+    run.state.stage_done = True
+    run.state.history.append({"stage": stage, "epoch": epoch, "exploded": True, "train_loss": stats.loss})
+
+
+def validate_epoch(run: Run, loop: Loop, epoch: int, stats: EpochStats) -> dict:
+    """Score the epoch on validation; keep its weights as the best when the monitored metric improved."""
+    config, state = run.config, run.state
+    run.model.eval()
+    report = run.evaluate(loop.plan.val_forward or loop.plan.trainable, loop.val_loader)
+    record = epoch_record(loop, epoch, stats, report)
+    monitored = report["loss"] if config.monitor == "loss" else report[config.monitor]
+    improved = better(monitored, state.best_value, config.monitor)
+    if improved:
+        state.best_value, state.bad_epochs = monitored, 0
+        state.best = {"stage": loop.stage, "epoch": epoch, config.monitor: monitored}
+        run.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        if run.write:
+            run.save_best(run.best_weights, loop.stage, epoch, monitored)
+    else:
+        state.bad_epochs += 1
+    record["best"] = improved
+    state.history.append(record)
+    state.epoch = epoch
+    return record
+
+
+def epoch_record(loop: Loop, epoch: int, stats: EpochStats, report: dict) -> dict:
+    """One line of metrics.jsonl."""
+    return {
+        "stage": loop.stage,
+        "epoch": epoch,
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "train_loss": stats.loss,
+        "train_cls_loss": stats.cls_loss,
+        "train_box_loss": stats.box_loss,
+        "train_accuracy": stats.accuracy,
+        "train_mean_iou": stats.mean_iou,
+        "val_loss": report["loss"],
+        "val_accuracy": report["accuracy"],
+        "val_mean_iou": report["mean_iou"],
+        "val_loc_accuracy": report["loc_accuracy"],
+        "update_ratio": stats.update_ratio,
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": stats.n * distributed.world_size() / max(stats.seconds, 1e-9),
+    }
+
+
+def finish_epoch(run: Run, loop: Loop, epoch: int, record: dict, stats: EpochStats) -> bool:
+    """Log and save the epoch; -> True when the stage stops here (early stopping or the callback)."""
+    config, state = run.config, run.state
+    patience_spent = bool(config.patience) and state.bad_epochs >= config.patience
+    stop = patience_spent
+    if run.epoch_callback is not None and run.epoch_callback(loop.stage, epoch, record):
+        stop = True
+    if stop or epoch == loop.epochs:
+        state.stage_done = True
+    if run.log_epochs:
+        say(format_epoch(record, loop.epochs))
+        lr_fraction = loop.optimizer.param_groups[0]["lr"] / loop.plan.base_lr
+        for name, ratio in stats.update_ratio.items():
+            warning = ratio_warning(name, ratio, epoch=epoch, lr_fraction=lr_fraction)
+            if warning and name not in loop.warned:
+                loop.warned.add(name)
+                say(f"  warning: {warning}")
+    if run.write:
+        with open(run.run_dir / HISTORY_FILE, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        run.save_last(loop.optimizer, loop.scheduler, loop.scaler)
+    if stop and run.log_epochs and patience_spent:
+        say(f"  early stop: no better val {config.monitor} for {config.patience} epochs")
+    return stop
+
+
+def final_report(run: Run, started: float) -> dict:
+    """The kept weights (best or last) scored on validation as exported (mirror pass included)."""
+    config, model = run.config, run.model
+    if run.select_best and run.best_weights:
+        model.load_state_dict(run.best_weights)
+    model.flip_tta = config.tta
+    model.eval()
+    val_set = FixedDataset(run.splits.val, run.store, run.class_index)
+    run.store.load(run.splits.val)
+    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
+    report = run.evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=batch))
     seconds = time.perf_counter() - started
-    metrics = {
+    return {
         **report,
-        "best": state["best"],
-        "selected": "best" if select_best else "last",
+        "best": run.state.best,
+        "selected": "best" if run.select_best else "last",
         "seconds": round(seconds, 2),
     }
-    if write:
-        write_json(run_dir / METRICS_FILE, metrics)
-        full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
-        write_json(run_dir / CONFIG_FILE, full_config)
-        from clsloc.training.plots import plot_history
-
-        plot_history(state["history"], run_dir)
-        if not (run_dir / "best.pt").exists():
-            save_checkpoint(
-                run_dir / "best.pt",
-                {
-                    "model": model.state_dict(),
-                    "stage": state["stage"],
-                    "epoch": state["epoch"],
-                    "monitor": config.monitor,
-                    "value": None,
-                },
-            )
-    return FitResult(run_dir, metrics, state["history"], state["best"], seconds)
 
 
-def _freeze_batchnorm(module: nn.Module) -> None:
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module.eval()
+def write_outputs(run: Run, metrics: dict, full_config: dict) -> None:
+    """metrics.json, the config with its final metrics, the curves, and best.pt if no epoch made one."""
+    write_json(run.run_dir / METRICS_FILE, metrics)
+    full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
+    write_json(run.run_dir / CONFIG_FILE, full_config)
+    from clsloc.training.plots import plot_history
+
+    plot_history(run.state.history, run.run_dir)
+    if not (run.run_dir / "best.pt").exists():
+        run.save_best(run.model.state_dict(), run.state.stage, run.state.epoch, None)
 
 
-def augmentation(config: TrainConfig):
-    """Stage 2's geometric augmentation as ``config`` sets it (crop, flip, zoom-out)."""
-    return train_transform(config.crop_p, config.crop_scale, config.zoom_out_p, config.zoom_out_max)
+def resolved_config(config: TrainConfig, model, splits: Splits) -> dict:
+    d = config.to_dict()
+    d.update(
+        classes=list(splits.classes),
+        head={"attach": config.attach, "per_class": config.per_class},
+        preprocessing=model.preprocessing.to_dict(),
+        data_fingerprint=fingerprint(splits.train + splits.val),
+        n_train=len(splits.train),
+        n_val=len(splits.val),
+        skipped=splits.skipped,
+        torch=torch.__version__,
+    )
+    return d
 
 
 def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None = None, dropout: float | None = None):

@@ -44,7 +44,8 @@ class SanityReport:
 def sanity_check(
     config: TrainConfig, splits: Splits, *, verbose: bool = True, cranked_reg: float = CRANKED_REG
 ) -> SanityReport:
-    from clsloc.training.fit import FeatureCache, model_for, pick_device, seed_everything
+    from clsloc.training.features import FeatureCache
+    from clsloc.training.fit import model_for, pick_device, seed_everything
 
     device = pick_device(config.device)
     seed_everything(config.seed)

@@ -24,7 +24,7 @@ from clsloc.training.config import HelpFormatter, TrainConfig, add_train_argumen
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
-    parser.add_argument("datasets", nargs="*", metavar="DATASET", help="dataset folders/files (VOC, COCO, YOLO, CSV)")
+    add_train_arguments(parser)
     parser.add_argument(
         "--out", metavar="RUN_DIR", help="run directory to write (required unless --resume/--sanity/--overfit)"
     )
@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overfit", type=int, metavar="N", default=0, help="try to memorize N training examples and exit"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_arguments(parser, datasets=False)
 
 
 def setup_logging() -> None:
@@ -73,8 +72,8 @@ def _run(args: argparse.Namespace) -> int:
         result = fit(config, splits, args.resume, resume=True, progress=not args.quiet)
         return _summary(result)
 
-    if not args.datasets:
-        raise ValueError("give at least one DATASET (or --resume RUN_DIR)")
+    if not args.datasets and not args.config:
+        raise ValueError("give at least one DATASET (or --config RECIPE.yaml, or --resume RUN_DIR)")
     config = config_from_args(args)
     splits = prepare_splits(config.datasets, config.val, config.val_split, config.seed, config.policy)
     print(

@@ -218,7 +218,7 @@ def tune(
 ) -> dict:
     from clsloc.models import get_backbone
     from clsloc.training.data import ImageStore, prepare_splits
-    from clsloc.training.fit import FeatureCache
+    from clsloc.training.features import FeatureCache
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -111,10 +111,9 @@ def load_dataset(
             continue
         dataset.sources.append(f"{fmt}:{path}")
         if progress:
-            from tqdm import tqdm
+            from clsloc.progress import progress_bar
 
-            # disable=None: a bar on a terminal, silence in logs and pipes
-            items = tqdm(items, desc=f"reading {path}", unit="img", disable=None, leave=False)
+            items = progress_bar(items, desc=f"reading {path}", unit="img", leave=False)
         for item in items:
             if isinstance(item, Problem):
                 dataset.problems.append(item)

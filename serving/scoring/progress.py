@@ -38,9 +38,9 @@ class Progress:
         self._first = done
         self._bar = None
         if not quiet and self.stream.isatty():
-            from tqdm import tqdm
+            from clsloc.progress import progress_bar
 
-            self._bar = tqdm(
+            self._bar = progress_bar(
                 total=total, initial=done, desc=desc, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1
             )
 

@@ -20,9 +20,48 @@ async function showModel() {
     $("model-line").textContent = response.ok
       ? `${model.name}:${model.version} — classes: ${model.classes.join(", ")}`
       : `model unavailable: ${model.detail || model.error}`;
+    if (response.ok) showAbout(model);
   } catch (err) {
     $("model-line").textContent = `model unavailable: ${err}`;
   }
+}
+
+// What the model knows, how well it did on its validation images, and its samples to try.
+function showAbout(model) {
+  $("description").textContent = model.description || "";
+  $("classes").textContent = model.classes.join(", ");
+  const onnx = (model.metrics || {}).onnx;
+  $("metrics").textContent = onnx && onnx.n
+    ? ` — on its ${onnx.n} validation images: accuracy ${pct(onnx.accuracy)}, mean box IoU ${onnx.mean_iou.toFixed(2)}, `
+      + `right class and box (IoU ≥ 0.5) ${pct(onnx.loc_accuracy)}`
+    : "";
+  const samples = $("samples");
+  samples.replaceChildren();
+  for (const sample of model.samples || []) samples.append(sampleButton(sample));
+  $("samples-block").hidden = !(model.samples || []).length;
+  $("about").hidden = false;
+}
+const pct = (x) => `${(x * 100).toFixed(1)}%`;
+
+// A sample is fetched with the page's key (the service may require one), then scored like a dropped file.
+function sampleButton(sample) {
+  const button = document.createElement("button");
+  const name = sample.file.split("/").pop();
+  button.className = "sample";
+  button.title = `a ${sample.label} (${name})`;
+  button.dataset.label = sample.label;
+  const loaded = fetch(`/${sample.file}`, { headers: authHeaders() }).then((r) => {
+    if (!r.ok) throw new Error(`${r.status}`);
+    return r.blob();
+  });
+  loaded.then((blob) => {
+    const img = document.createElement("img");
+    img.alt = sample.label;
+    img.src = URL.createObjectURL(blob);
+    button.append(img);
+  }).catch(() => { button.textContent = sample.label; });
+  button.addEventListener("click", async () => predict(new File([await loaded], name, { type: "image/jpeg" })));
+  return button;
 }
 
 // The API's box is in pixels of the image as displayed (EXIF applied): the browser

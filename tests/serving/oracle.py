@@ -61,9 +61,16 @@ def write_oracle_model(out: Path, *, name: str = "oracle", version: str = "1") -
     out.mkdir(parents=True, exist_ok=True)
     preprocessing = Preprocessing(size=INPUT_SIZE)
     export_onnx(build_oracle(), out / "model.onnx", INPUT_SIZE)
-    Manifest(name=name, version=version, classes=list(CLASSES), preprocessing=preprocessing, backbone="oracle").save(
-        out
-    )
+    # One sample image per class, as export ships them (tests of the web page and /samples click them).
+    (out / "samples").mkdir(exist_ok=True)
+    samples = []
+    for label in CLASSES:
+        (out / "samples" / f"{label}-1.jpg").write_bytes(object_image(label, (40, 30, 60, 50), fmt="JPEG"))
+        samples.append({"file": f"samples/{label}-1.jpg", "label": label})
+    Manifest(
+        name=name, version=version, classes=list(CLASSES), preprocessing=preprocessing, backbone="oracle",
+        description="A hand-made test model: the colour of the one solid rectangle is the label.", samples=samples,
+    ).save(out)  # fmt: skip
     return out
 
 

@@ -46,6 +46,29 @@ def test_upload_shows_label_score_and_box_over_the_image(browser, live_server, t
         page.close()
 
 
+def test_the_page_says_what_the_model_knows_and_its_samples_score_with_one_click(browser, live_server):
+    page = browser.new_page()
+    try:
+        page.goto(live_server + "/")
+        page.wait_for_selector("#about:not([hidden])", timeout=30_000)
+        assert "hand-made test model" in page.inner_text("#description")
+        assert page.inner_text("#classes") == ", ".join(oracle.CLASSES)
+        assert "Serve a model of your own" in page.inner_text("#about")
+        samples = page.locator("button.sample")
+        assert samples.count() == len(oracle.CLASSES)
+        page.wait_for_function(
+            "[...document.querySelectorAll('button.sample img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        for i in range(samples.count()):
+            label = samples.nth(i).get_attribute("data-label")
+            page.evaluate("document.body.dataset.state = ''")
+            samples.nth(i).click()
+            page.wait_for_selector("body[data-state=done]", timeout=30_000)
+            assert page.inner_text("#label") == label
+    finally:
+        page.close()
+
+
 def test_bad_file_shows_the_service_error(browser, live_server, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")

@@ -69,6 +69,14 @@ def test_default_model_is_made_on_synthetic_data_when_the_store_has_none(monkeyp
 
     engine = Engine(store.store_path(tag), threads=1)
     assert len(engine.classes) == 2 and engine.manifest.parity["passed"]
+    # it says what it is, and ships a validation image of each class to try
+    assert engine.manifest.description == cli.DEFAULT_DESCRIPTION
+    assert sorted({s["label"] for s in engine.manifest.samples}) == engine.classes
+    assert all((engine.model_dir / s["file"]).is_file() for s in engine.manifest.samples)
+    cli.describe(tag)
+    said = capfd.readouterr().out
+    assert "synthetic shapes" in said and "classes (2)" in said and "validation (" in said
+    assert "clsloc export runs/mine --out models/mine --bentoml mine" in said
     # second start: found in the store, nothing made again
     assert cli.resolve_model("clsloc-default-test") == tag
     assert "$ clsloc" not in capfd.readouterr().out

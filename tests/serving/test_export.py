@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,10 @@ def clsloc(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+# One frozen-backbone epoch at 64 px: a real run in seconds.
+QUICK = ["--epochs", "1", "--finetune-epochs", "0", "--image-size", "64", "--threads", "1", "--quiet"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A real training run: 30 synthetic images, 64 px input, one frozen-backbone epoch."""
@@ -31,15 +36,7 @@ def tiny_run(tmp_path_factory):
         str(root / "synth"),
         "--out",
         str(root / "run"),
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--image-size",
-        "64",
-        "--threads",
-        "1",
-        "--quiet",
+        *QUICK,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     return root / "run"
@@ -58,7 +55,7 @@ def test_export_writes_one_self_contained_onnx_and_a_manifest(exported, tiny_run
     import onnx
 
     out, manifest = exported
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "samples"]
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
     assert [i.name for i in graph.graph.input] == ["image"]
@@ -76,6 +73,23 @@ def test_export_writes_one_self_contained_onnx_and_a_manifest(exported, tiny_run
     assert saved.parity["images"] == saved.metrics["onnx"]["n"] > 0
     for key in ("accuracy", "mean_iou", "loc_accuracy", "per_class"):
         assert key in saved.metrics["onnx"] and key in saved.metrics["pytorch"]
+
+
+def test_export_ships_validation_images_of_each_class_as_samples(exported, tiny_run):
+    from PIL import Image
+
+    from clsloc.training.checkpoint import load_split
+
+    out, manifest = exported
+    _, val = load_split(tiny_run)
+    per_class = {label: [r for r in val if r.label == label] for label in manifest.classes}
+    assert [s["label"] for s in manifest.samples] == [
+        r.label for r in val if r in per_class[r.label][:2]
+    ]  # the first two of each class, in validation order
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(Path(s["file"]).name for s in manifest.samples)
+    for sample, record in zip(manifest.samples, [r for r in val if r in per_class[r.label][:2]]):
+        with Image.open(out / sample["file"]) as image, Image.open(record.image) as original:
+            assert image.format == "JPEG" and image.size == original.size  # small synthetic images stay as they are
 
 
 def test_tf_same_padding_is_exported_as_constants_that_onnxruntime_folds(exported, tmp_path):
@@ -188,6 +202,8 @@ def test_bentoml_option_stores_model_with_manifest_metadata(exported):
     assert stored.info.metadata["parity"]["passed"] is True
     assert store.latest_tag("clsloc-export-test") == tag
     assert Engine(store.store_path(tag), threads=1).classes == manifest.classes
+    for sample in manifest.samples:  # the samples travel with the model
+        assert (store.store_path(tag) / sample["file"]).read_bytes() == (out / sample["file"]).read_bytes()
 
 
 def test_export_command_reports_a_missing_run_without_a_traceback(tmp_path):
@@ -212,15 +228,7 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
         str(tmp_path / "synth"),
         "--out",
         str(tmp_path / "run"),
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--image-size",
-        "64",
-        "--threads",
-        "1",
-        "--quiet",
+        *QUICK,
         "--box-bins",
         "8",
         "--tta",

@@ -168,6 +168,33 @@ def test_model_endpoint_serves_the_manifest(make_client, oracle_dir):
     assert body["providers"][-1] == "CPUExecutionProvider"
 
 
+def test_samples_are_the_manifests_files_and_nothing_else(make_client, oracle_dir):
+    client = make_client()
+    listed = client.get("/model").json()["samples"]
+    assert [s["label"] for s in listed] == oracle.CLASSES
+    for sample in listed:
+        got = client.get(f"/{sample['file']}")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+        assert got.content == (oracle_dir / sample["file"]).read_bytes()
+        # the sample is an image of its class: the model says so
+        assert client.post("/predict", files=upload(got.content)).json()["label"] == sample["label"]
+    assert_error(client.get("/samples/purple-1.jpg"), 404, "not_found")
+    for name in ("..%2Fmanifest.json", "%2E%2E%2Fmodel.onnx", "../manifest.json"):  # never a file beside samples/
+        got = client.get(f"/samples/{name}")
+        assert got.status_code == 404 and b"classes" not in got.content and b"onnx" not in got.content.lower()
+    (oracle_dir / "samples" / "unlisted.jpg").write_bytes(b"x")  # on disk but not in the manifest
+    try:
+        assert_error(client.get("/samples/unlisted.jpg"), 404, "not_found")
+    finally:
+        (oracle_dir / "samples" / "unlisted.jpg").unlink()
+
+
+def test_samples_need_the_api_key_when_one_is_set(make_client):
+    client = make_client(api_key="k")
+    assert_error(client.get("/samples/red-1.jpg"), 401, "unauthorized")
+    assert client.get("/samples/red-1.jpg", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
 def test_wrong_method_is_json(make_client):
     assert_error(make_client().get("/predict"), 405, "method_not_allowed")
 

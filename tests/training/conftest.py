@@ -17,6 +17,17 @@ import torch
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 torch.set_num_threads(1)  # 2 shared cores: one thread each avoids OpenMP spin-waits
 
+# The same tiny model as TrainConfig fields (tests that call fit() directly).
+TINY_CONFIG = dict(
+    backbone="resnet18",
+    pretrained=False,
+    image_size=64,
+    epochs=3,
+    finetune_epochs=2,
+    batch_size=8,
+    patience=0,
+    threads=1,
+)
 TINY_FLAGS = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "64", "--threads", "1", "--quiet"]
 
 
@@ -46,17 +57,7 @@ def tiny_config():
     from clsloc.training.config import TrainConfig
 
     def make(datasets, **overrides):
-        base = dict(
-            datasets=[str(d) for d in datasets],
-            backbone="resnet18",
-            pretrained=False,
-            image_size=64,
-            epochs=3,
-            finetune_epochs=1,
-            batch_size=8,
-            patience=0,
-            threads=1,
-        )
+        base = dict(TINY_CONFIG, datasets=[str(d) for d in datasets], finetune_epochs=1)
         base.update(overrides)
         return TrainConfig(**base)
 

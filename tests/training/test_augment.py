@@ -149,7 +149,7 @@ def test_augmented_cached_views_follow_the_crop_options(tmp_path):
 
     # the feature cache keeps views of different crop settings apart
     from clsloc.models import build_model
-    from clsloc.training.fit import FeatureCache
+    from clsloc.training.features import FeatureCache
 
     model = build_model("efficientnet_lite0", 2, pretrained=False, input_size=64)
     cache, device = FeatureCache(), torch.device("cpu")

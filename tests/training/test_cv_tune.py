@@ -75,7 +75,7 @@ def test_tune_coarse_then_fine_writes_table_and_plot(tiny, synth, cli, tmp_path,
 def test_tune_stops_a_trial_whose_loss_explodes(synth, tiny_config):
     from clsloc.models import get_backbone
     from clsloc.training.data import ImageStore, prepare_splits
-    from clsloc.training.fit import FeatureCache
+    from clsloc.training.features import FeatureCache
     from clsloc.training.tune import search
 
     config = tiny_config([synth], optimizer="sgd", momentum=0.9)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG  # at import: inside a test, "conftest" may be another directory's
 
 
 def test_train_writes_a_complete_run_directory(tiny, synth, cli, tmp_path, capsys):
@@ -76,19 +77,10 @@ class Killed(Exception):
 
 
 def _resume_config(synth):
+
     from clsloc.training.config import TrainConfig
 
-    return TrainConfig(
-        datasets=[str(synth)],
-        backbone="resnet18",
-        pretrained=False,
-        image_size=64,
-        epochs=3,
-        finetune_epochs=2,
-        batch_size=8,
-        patience=0,
-        threads=1,
-    )
+    return TrainConfig(datasets=[str(synth)], **TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +354,7 @@ def test_finetune_validation_on_the_cached_bottom_equals_the_whole_network(synth
 
 
 def test_cached_views_draw_one_view_per_image_each_epoch():
-    from clsloc.training.fit import CachedViews
+    from clsloc.training.features import CachedViews
 
     views = [
         torch.utils.data.TensorDataset(torch.full((50, 1), float(v)), torch.zeros(50), torch.zeros(50, 4))
