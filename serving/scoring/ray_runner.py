@@ -99,6 +99,7 @@ def from_columns(batch: dict) -> list[Scored]:
         results.append(
             Scored(
                 path,
+                detail=str(batch["detail"][i]) or None,  # what was odd about an image scored anyway
                 label=str(batch["label"][i]),
                 score=float(batch["score"][i]),
                 api_box={name: float(batch[name][i]) for name in _API},
@@ -116,9 +117,13 @@ def precheck(paths: Sequence[str], max_bytes: int | None) -> tuple[list[str], li
     for path in paths:
         try:
             check_file(path, max_bytes=max_bytes)
+            path.encode("utf-8")
             readable.append(path)
         except ImageError as exc:
             failed.append(Scored(path, status=exc.kind, detail=exc.detail))
+        except UnicodeEncodeError:  # Arrow's file systems take UTF-8 paths only
+            detail = "the file name is not valid UTF-8, which Ray Data cannot read: rename it, or use --engine local"
+            failed.append(Scored(path, status="missing", detail=detail))
     return readable, failed
 
 
