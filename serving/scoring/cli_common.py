@@ -92,12 +92,13 @@ def print_inputs_warnings(inputs: Inputs) -> None:
         warn(f"{inputs.duplicates} path(s) named more than once: each is scored once")
 
 
-def print_result(result: JobResult, *, file=None) -> None:
+def print_result(result: JobResult, *, file=None, name: str | None = None) -> None:
+    """What the job did: rows, ok / errors by kind (the first few named), images/s; ``name`` replaces the path."""
     file = file or sys.stdout
     t = result.tally
     errors = t.error_count
     print(
-        f"{result.out}: {t.rows} row(s) for {result.total} input(s) from {result.model}: "
+        f"{name or result.out}: {t.rows} row(s) for {result.total} input(s) from {result.model}: "
         f"{t.statuses.get('ok', 0)} ok, {errors} could not be scored",
         file=file,
     )

@@ -124,7 +124,7 @@ def evaluate(args: argparse.Namespace, inputs, out: Path) -> int:
     print_inputs_warnings(inputs)
     result = score(model_dir, pinned, inputs, job_options(args, out, desc="evaluating"))
     metrics = result.tally.metrics
-    print_result(result, file=sys.stderr if args.json else sys.stdout)
+    print_result(result, file=sys.stderr if args.json else sys.stdout, name=None if args.out else "evaluated")
     if args.out:
         write_metrics(out, result, inputs)
     if args.report:
