@@ -8,11 +8,14 @@ real sizes, read in place) behind N symbolic links in a temporary folder, so
 2,000 or 10,000 inputs are distinct paths without copying a photo. Without
 the shared photos, synthetic JPEGs of the same sizes are written there.
 
-1. Ceiling, measured first in the same run: one thread's decode + preprocess
-   time per photo (``Engine.open`` + the manifest's preprocessing) and one
-   thread's onnxruntime time per image in batches of ``--batch-size``;
+1. Ceiling, measured in the same run just before and just after the local
+   job (the machine is shared: the two bracket it): one thread's decode +
+   preprocess time per photo (``Engine.open`` + the manifest's preprocessing)
+   and one thread's onnxruntime time per image in batches of the job's size;
    ceiling = cores / (decode + model): every core busy with useful work and
-   nothing else. Goal: local ``clsloc score`` >= 0.9x of it.
+   nothing else. Goal: local ``clsloc score`` >= 0.9x of it. Also reported:
+   the job's CPU time per image against the ceiling's (pipeline overhead
+   alone, whatever else runs on the machine) and the load average.
 2. Peak RSS of ``clsloc score`` (its own VmHWM) on ``--rss`` 1,000 and 10,000
    images. Goal: <= 1.2x.
 3. ``--engine ray`` on this machine (a local Ray instance started by the job)
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,7 +104,7 @@ def linked_inputs(photos: list[Path], n: int, work: Path) -> Path:
 
 
 def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: bool) -> dict:
-    """Per-image decode + preprocess (one thread) and model time (one thread, or the GPU)."""
+    """Per-image decode + preprocess (one thread) and model time (one thread, or the GPU), wall and CPU."""
     import numpy as np
 
     from clsloc.serving.engine import Engine
@@ -110,19 +114,19 @@ def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: b
     tensors = []
     for _ in range(2):  # the first pass warms the page cache and Pillow
         tensors.clear()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         for path in sample:
             tensors.append(engine.preprocessing(engine.open(path)))
-        decode = (time.perf_counter() - start) / len(sample)
-    batch = np.stack(tensors[:batch_size])
+        decode, decode_cpu = ((time.perf_counter() - start) / len(sample), (time.thread_time() - cpu) / len(sample))
     runner = Engine(model, require_gpu=True) if gpu else engine
-    gpu_batch = np.stack([tensors[i % len(tensors)] for i in range(64)]) if gpu else batch
-    runner.run(gpu_batch)
-    times = []
-    for _ in range(12):
-        start = time.perf_counter()
-        runner.run(gpu_batch)
-        times.append((time.perf_counter() - start) / len(gpu_batch))
+    batch = np.stack([tensors[i % len(tensors)] for i in range(batch_size)])
+    runner.run(batch)
+    times, cpu_times = [], []
+    for _ in range(max(6, 48 // batch_size)):
+        start, cpu = time.perf_counter(), time.thread_time()
+        runner.run(batch)
+        times.append((time.perf_counter() - start) / batch_size)
+        cpu_times.append((time.thread_time() - cpu) / batch_size)
     model_time = statistics.median(times)
     if gpu:  # decoding on every core, the network on the GPU: the slower of the two bounds
         rate = min(cores / decode, 1 / model_time)
@@ -131,10 +135,12 @@ def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: b
     return {
         "decode_preprocess_ms": 1000 * decode,
         "model_ms_per_image": 1000 * model_time,
-        "model_batch": len(gpu_batch),
+        "cpu_ms_per_image": 1000 * (decode_cpu + statistics.median(cpu_times)),
+        "model_batch": batch_size,
         "cores": cores,
         "ceiling_img_s": rate,
         "gpu_network_img_s": 1 / model_time if gpu else None,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -142,9 +148,13 @@ def score_job(model: Path, listed: Path, out_dir: Path, name: str, *flags: str) 
     """One ``clsloc score`` process: its own images/s line, the wall time, and its peak RSS."""
     out = out_dir / f"{name}.jsonl"
     command = [sys.executable, "-c", MEASURED, "score", str(model), str(listed), "--out", str(out), "--quiet", *flags]
+    load_before = os.getloadavg()[0]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: clsloc score failed ({done.returncode}):\n{done.stderr[-3000:]}")
     scored = re.search(r"this run scored (\d+) image\(s\) in ([\d.]+) s \(([\d.]+) img/s\)", done.stdout)
@@ -158,7 +168,9 @@ def score_job(model: Path, listed: Path, out_dir: Path, name: str, *flags: str) 
         "job_seconds": seconds,
         "img_s": rate,
         "wall_seconds": wall,
+        "cpu_seconds": cpu,  # the whole process: start-up and model load included
         "peak_rss_mb": rss,
+        "load_average": [load_before, os.getloadavg()[0]],  # other work on the machine while it ran
     }
 
 
@@ -180,54 +192,64 @@ def ensure_model(args, work: Path) -> tuple[Path, str]:
 # -- the run -----------------------------------------------------------------------------------------
 
 
-def bench_model(label: str, model: Path, photos, inputs: dict[int, Path], work: Path, args, cores: int) -> dict:
-    flags = ["--batch-size", str(args.batch_size)]
-    result = {"model": str(model)}
-    print(f"\n== {label} model: {model}", flush=True)
-    result["ceiling"] = c = ceiling(model, photos, args.batch_size, cores, args.gpu)
+def _print_ceiling(c: dict) -> None:
     print(
         f"ceiling: decode + preprocess {c['decode_preprocess_ms']:.1f} ms, model {c['model_ms_per_image']:.1f} ms "
-        f"per image (batch {c['model_batch']}) on {cores} cores -> {c['ceiling_img_s']:.1f} img/s",
+        f"per image (batch {c['model_batch']}) on {c['cores']} cores -> {c['ceiling_img_s']:.1f} img/s "
+        f"(load average {c['load_average']:.1f})",
         flush=True,
     )
-    gpu = ["--gpu"] if args.gpu else []
-    result["local"] = local = score_job(model, inputs[args.images], work, "local", *flags, *gpu)
+
+
+def bench_model(label: str, model: Path, photos, inputs: dict[int, Path], work: Path, args, cores: int) -> dict:
+    """Ceiling, local job, ceiling again (the machine is shared: the two bracket the job), other configurations."""
+    from clsloc.serving.scoring.job import CPU_BATCH, GPU_BATCH
+
+    batch = args.batch_size or (GPU_BATCH if args.gpu else CPU_BATCH)
+    flags = ["--batch-size", str(batch), *(["--gpu"] if args.gpu else [])]
+    print(f"\n== {label} model: {model}", flush=True)
+    result: dict = {
+        "model": str(model),
+        "batch_size": batch,
+        "ceiling": [ceiling(model, photos, batch, cores, args.gpu)],
+    }
+    _print_ceiling(result["ceiling"][0])
+    result["local"] = local = score_job(model, inputs[args.images], work, "local", *flags)
     print(f"local  {args.images} images: {local['img_s']:.1f} img/s, {local['peak_rss_mb']:.0f} MB", flush=True)
+    result["ceiling"].append(ceiling(model, photos, batch, cores, args.gpu))
+    _print_ceiling(result["ceiling"][1])
+    rate = statistics.mean(c["ceiling_img_s"] for c in result["ceiling"])
+    cpu_per_image = statistics.mean(c["cpu_ms_per_image"] for c in result["ceiling"])
+    ratios = {
+        "local_vs_ceiling": local["img_s"] / rate,
+        # CPU the job spent per image against the ceiling's: pipeline overhead, whatever else the machine runs
+        "cpu_efficiency": cpu_per_image / (1000 * local["cpu_seconds"] / local["images"]),
+    }
     if not args.gpu:
-        alt = ["--workers", "1", "--threads", str(cores)]
-        result["local_one_worker"] = one = score_job(model, inputs[args.images], work, "one", *flags, *alt)
-        print(f"local, 1 worker x {cores} onnxruntime threads: {one['img_s']:.1f} img/s", flush=True)
+        one = ["--workers", "1", "--threads", str(cores)]
+        result["local_one_worker"] = score_job(model, inputs[args.images], work, "one", *flags, *one)
+        ratios["one_worker_vs_local"] = result["local_one_worker"]["img_s"] / local["img_s"]
+        print(f"local, 1 worker x {cores} threads: {result['local_one_worker']['img_s']:.1f} img/s", flush=True)
     if not args.no_ray:
-        ray = ["--engine", "ray", *gpu]
-        result["ray_startup"] = start = score_job(model, inputs[16], work, "ray16", *flags, *ray)
-        result["ray"] = on_ray = score_job(model, inputs[args.images], work, "ray", *flags, *ray)
-        steady = on_ray["images"] / max(on_ray["job_seconds"] - start["job_seconds"], 1e-9)
-        on_ray["steady_img_s"] = steady
+        result["ray_startup"] = start = score_job(model, inputs[16], work, "ray16", *flags, "--engine", "ray")
+        result["ray"] = on_ray = score_job(model, inputs[args.images], work, "ray", *flags, "--engine", "ray")
+        on_ray["steady_img_s"] = on_ray["images"] / max(on_ray["job_seconds"] - start["job_seconds"], 1e-9)
+        ratios["ray_vs_local"] = on_ray["img_s"] / local["img_s"]
+        ratios["ray_steady_vs_local"] = on_ray["steady_img_s"] / local["img_s"]
         print(
-            f"ray    {args.images} images: {on_ray['img_s']:.1f} img/s ({steady:.1f} after its "
+            f"ray    {args.images} images: {on_ray['img_s']:.1f} img/s ({on_ray['steady_img_s']:.1f} after its "
             f"{start['job_seconds']:.1f} s start-up)",
             flush=True,
         )
-    result["ratios"] = {
-        "local_vs_ceiling": local["img_s"] / c["ceiling_img_s"],
-        **({"one_worker_vs_local": result["local_one_worker"]["img_s"] / local["img_s"]} if not args.gpu else {}),
-        **(
-            {
-                "ray_vs_local": result["ray"]["img_s"] / local["img_s"],
-                "ray_steady_vs_local": result["ray"]["steady_img_s"] / local["img_s"],
-            }
-            if not args.no_ray
-            else {}
-        ),
-    }
+    result["ceiling_img_s"] = rate
+    result["ratios"] = ratios
     return result
 
 
 def bench_rss(model: Path, inputs: dict[int, Path], work: Path, args) -> dict:
     small, large = args.rss
-    runs = {
-        n: score_job(model, inputs[n], work, f"rss{n}", "--batch-size", str(args.batch_size)) for n in (small, large)
-    }
+    flags = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    runs = {n: score_job(model, inputs[n], work, f"rss{n}", *flags) for n in (small, large)}
     for n, run in runs.items():
         print(f"peak RSS, {n} images: {run['peak_rss_mb']:.0f} MB ({run['img_s']:.1f} img/s)", flush=True)
     return {
@@ -245,10 +267,13 @@ def table(results: dict, args) -> str:
         if "unavailable" in r:
             rows.append(f"| {label} | not available | - | {r['unavailable']} | |")
             continue
-        c, local, ratios = r["ceiling"], r["local"], r["ratios"]
-        rows.append(f"| {label} | ceiling: {args.images} photos, {c['cores']} cores | {c['ceiling_img_s']:.1f} | | |")
+        local, ratios = r["local"], r["ratios"]
+        cores = r["ceiling"][0]["cores"]
+        load = statistics.mean(local["load_average"])
+        rows.append(f"| {label} | ceiling: {cores} cores, batch {r['batch_size']} | {r['ceiling_img_s']:.1f} | | |")
         rows.append(
-            f"| {label} | local `clsloc score` | {local['img_s']:.1f} | {ratios['local_vs_ceiling']:.2f}x ceiling | >= 0.9x |"
+            f"| {label} | local `clsloc score`, {args.images} photos (load average {load:.1f}) | {local['img_s']:.1f} "
+            f"| {ratios['local_vs_ceiling']:.2f}x ceiling; CPU per image {ratios['cpu_efficiency']:.2f}x | >= 0.9x |"
         )
         if "local_one_worker" in r:
             rows.append(
@@ -277,7 +302,7 @@ def main() -> int:
     parser.add_argument("--int8-model", help="an int8 export of the same run, measured the same way")
     parser.add_argument("--images", type=int, default=2000, help="inputs of the throughput runs (default 2000)")
     parser.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"))
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=0, help="default: clsloc score's own (CPU or GPU)")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray runs")
     parser.add_argument("--no-rss", action="store_true", help="leave out the peak RSS runs")
     parser.add_argument("--gpu", action="store_true", help="require onnxruntime's CUDA provider (GPU variant)")

@@ -21,4 +21,4 @@ nvidia-smi -L
 ARGS=()
 if [[ $# -gt 0 && "$1" != --* ]]; then ARGS+=(--model "$1"); shift; fi
 # Ray on a GPU host: one actor per GPU (--gpu makes each actor ask for one).
-exec "$PY" benchmarks/batch.py --gpu --batch-size 64 --no-rss "${ARGS[@]}" "$@"
+exec "$PY" benchmarks/batch.py --gpu --no-rss "${ARGS[@]}" "$@"

@@ -26,7 +26,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """Engine, limits, resume and progress options."""
     parser.add_argument("--resume", action="store_true", help="continue an existing output: score only what it lacks")
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (default local)")
-    parser.add_argument("--batch-size", type=_positive, default=16, help="images per onnxruntime run (default 16)")
+    parser.add_argument(
+        "--batch-size", type=_positive, default=0, help="images per onnxruntime run (default: 4 on CPU, 32 on a GPU)"
+    )
     parser.add_argument(
         "--workers", type=int, default=0, help="local: threads decoding and running batches (default: CPUs / --threads)"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from clsloc.images import DEFAULT_MAX_PIXELS
 from clsloc.manifest import Manifest
-from clsloc.serving.engine import DEFAULT_MAX_BYTES, Engine, default_threads
+from clsloc.serving.engine import CUDA, DEFAULT_MAX_BYTES, Engine, default_threads
 from clsloc.serving.scoring.inputs import Inputs
 from clsloc.serving.scoring.progress import Progress
 from clsloc.serving.scoring.ray_runner import RaySettings
@@ -26,6 +26,11 @@ from clsloc.serving.scoring.summary import Tally, tally
 
 JOB_SUFFIX = ".job.json"
 METRICS_SUFFIX = ".metrics.json"
+# Images per onnxruntime run when --batch-size is not given. On CPU a larger batch buys no speed per image
+# (the convolutions already fill a core) but every image in a run holds its activations in memory at once,
+# and the workers run concurrently; a GPU needs large batches to be kept busy.
+CPU_BATCH = 4
+GPU_BATCH = 32
 
 
 @dataclass
@@ -33,7 +38,7 @@ class ScoreOptions:
     out: Path
     resume: bool = False
     engine: str = "local"  # or "ray"
-    batch_size: int = 16
+    batch_size: int = 0  # 0: CPU_BATCH, or GPU_BATCH on the CUDA provider
     workers: int = 0  # local: threads each decoding and running whole batches (0: CPUs / threads)
     threads: int = 1  # local: onnxruntime intra-op threads per worker
     gpu: bool = False  # require onnxruntime's CUDA provider (CLSLOC_REQUIRE_GPU does the same)
@@ -101,7 +106,7 @@ def make_runner(model_dir: Path, options: ScoreOptions) -> Callable[[list[str]],
             model_dir,
             paths,
             options.ray,
-            batch_size=options.batch_size,
+            batch_size=options.batch_size or (GPU_BATCH if options.gpu else CPU_BATCH),
             max_bytes=options.max_bytes,
             max_pixels=options.max_pixels,
         )
@@ -115,7 +120,8 @@ def make_runner(model_dir: Path, options: ScoreOptions) -> Callable[[list[str]],
         max_pixels=options.max_pixels,
     )
     workers = options.workers or max(1, default_threads() // options.threads)
-    return lambda paths: run_local(engine, paths, workers=workers, batch_size=options.batch_size)
+    batch_size = options.batch_size or (GPU_BATCH if engine.providers[0] == CUDA else CPU_BATCH)
+    return lambda paths: run_local(engine, paths, workers=workers, batch_size=batch_size)
 
 
 def score(model_dir: Path, pinned: str, inputs: Inputs, options: ScoreOptions) -> JobResult:
