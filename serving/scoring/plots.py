@@ -61,14 +61,15 @@ def calibration_png(calibration: dict) -> str:
     bins = [b for b in calibration["bins"] if b["n"]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
-    top.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09, alpha=0.7)
-    top.plot([b["score"] for b in bins], [b["accuracy"] for b in bins], "o-", color="black", label="accuracy per bin")
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    top.bar(centres, [b["accuracy"] for b in bins], width=0.09, alpha=0.7, label="accuracy of the bin")
+    top.plot([b["score"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", label="at its mean score")
     ece = calibration.get("ece")
     top.set_title("score calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1.02)
     top.legend(loc="upper left")
-    bottom.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["n"] for b in bins], width=0.09, color="grey")
+    bottom.bar(centres, [b["n"] for b in bins], width=0.09, color="grey")
     bottom.set_xlabel("score of the predicted label")
     bottom.set_ylabel("images")
     bottom.set_xlim(0, 1)

@@ -63,6 +63,16 @@ def _stats_table(title: str, rows: dict, marked: Sequence[str] = ()) -> str:
     return f"<table>{head}</tr>{body}</table>"
 
 
+def _calibration_table(calibration: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{b['low']:.1f}–{b['high']:.1f}</td><td>{b['n']}</td><td>{_fmt(b['score'])}</td>"
+        f"<td>{_fmt(b['accuracy'])}</td></tr>"
+        for b in calibration["bins"]
+        if b["n"]
+    )
+    return f"<table><tr><th>score</th><th>images</th><th>mean score</th><th>accuracy</th></tr>{rows}</table>"
+
+
 def _warnings(metrics: dict, errors: Sequence[dict], error_count: int) -> str:
     parts = []
     unknown = metrics.get("unknown_classes") or {}
@@ -134,7 +144,9 @@ def render(
         + "</section>",
         '<section id="calibration" class="plots"><h2>Score calibration</h2>'
         + _img(calibration_png(metrics["calibration"]), "reliability diagram", "plot")
-        + "<p>Scores cut into ten bins; a calibrated model's accuracy in each bin equals its mean score.</p></section>",
+        + "<p>Scores cut into ten bins; a calibrated model's accuracy in each bin equals its mean score.</p>"
+        + _calibration_table(metrics["calibration"])
+        + "</section>",
         f'<section id="worst"><h2>Worst {worst_n} images</h2><p>Wrong labels first, then the lowest IoU. '
         '<span class="gt">Green</span>: every ground-truth box; <span class="pred">red</span>: the predicted box.</p>'
         f'<div class="gallery">{_gallery(worst(labelled, worst_n))}</div></section>',
