@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clsloc.images import DEFAULT_MAX_PIXELS
-from clsloc.manifest import Manifest
-from clsloc.serving.engine import CUDA, DEFAULT_MAX_BYTES, Engine, default_threads
+from clsloc.manifest import Manifest, ManifestError
+from clsloc.serving.engine import CUDA, DEFAULT_MAX_BYTES, Engine, EngineError, default_threads
 from clsloc.serving.scoring.inputs import Inputs
 from clsloc.serving.scoring.progress import Progress
 from clsloc.serving.scoring.ray_runner import RaySettings
@@ -126,7 +126,10 @@ def make_runner(model_dir: Path, options: ScoreOptions) -> Callable[[list[str]],
 
 def score(model_dir: Path, pinned: str, inputs: Inputs, options: ScoreOptions) -> JobResult:
     """Score every input not yet in ``options.out``; then tally the whole output for these inputs."""
-    manifest = Manifest.load(model_dir)
+    try:
+        manifest = Manifest.load(model_dir)
+    except ManifestError as exc:
+        raise EngineError(str(exc)) from None
     with_truth = bool(inputs.truth)
     out = Path(options.out)
     _check_job(out, manifest, options.resume)

@@ -241,3 +241,18 @@ def test_score_and_evaluate_run_with_torch_blocked(oracle_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.is_file() and report.read_text().count("data:image/") == 4
+
+
+def test_a_broken_model_fails_before_any_output_is_written(oracle_dir, tmp_path, capsys):
+    import shutil
+
+    scoring_data.write_images(tmp_path / "in", 2)
+    broken = tmp_path / "broken"
+    shutil.copytree(oracle_dir, broken)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    assert score(broken, tmp_path / "in", "--out", tmp_path / "rows.jsonl") == 1
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    (broken / "manifest.json").write_text("{}")
+    assert score(broken, tmp_path / "in", "--out", tmp_path / "rows.jsonl") == 1
+    assert "missing field(s)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("rows.*"))
