@@ -139,7 +139,10 @@ def _connect(settings: RaySettings) -> bool:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)  # ray.init connects to RAY_ADDRESS itself
     else:
-        ray.init(num_cpus=settings.local_cpus, **kwargs)  # a local instance, for this job only
+        # A local instance, for this job only. Ray starts its workers at niceness 15 to keep its own
+        # daemons responsive on a shared node; here the workers are the job itself, so they run at the
+        # priority of the command that started them (on a busy machine niced workers starve).
+        ray.init(num_cpus=settings.local_cpus, _system_config={"worker_niceness": 0}, **kwargs)
     return True
 
 
@@ -179,7 +182,10 @@ def run_ray(
         model_dir = Path(model_dir)
         model_files = {name: (model_dir / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
         actors = _actors(settings)
-        dataset = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0)
+        # Reading files is I/O, not compute: the read tasks reserve no CPU (the actors hold them all; a
+        # reserved share would leave the reads unscheduled), so their number is capped instead, else Ray
+        # starts a process for every one of them at once.
+        dataset = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=actors)
         scored = dataset.map_batches(
             RayScorer,
             fn_constructor_kwargs=dict(
