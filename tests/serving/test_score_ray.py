@@ -15,7 +15,13 @@ from clsloc.serving.scoring.sinks import read_rows
 def local_ray():
     """A small local Ray instance for this module's tests; always shut down."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level=logging.WARNING)
+    ray.init(  # as clsloc score starts a local instance: workers at normal priority
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        logging_level=logging.WARNING,
+        _system_config={"worker_niceness": 0},
+    )
     try:
         yield
     finally:
