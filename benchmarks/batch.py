@@ -103,43 +103,62 @@ def linked_inputs(photos: list[Path], n: int, work: Path) -> Path:
 # -- measurements -----------------------------------------------------------------------------------
 
 
-def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: bool) -> dict:
-    """Per-image decode + preprocess (one thread) and model time (one thread, or the GPU), wall and CPU."""
+def _per_image(engine, runner, photos: list[Path], batch_size: int, runs: int) -> dict:
+    """One thread: decode + preprocess ``photos``, then ``runs`` model runs of a batch; seconds per image."""
     import numpy as np
+
+    start, cpu = time.perf_counter(), time.thread_time()
+    tensors = [engine.preprocessing(engine.open(path)) for path in photos]
+    decode, decode_cpu = (time.perf_counter() - start) / len(photos), (time.thread_time() - cpu) / len(photos)
+    batch = np.stack([tensors[i % len(tensors)] for i in range(batch_size)])
+    runner.run(batch)
+    walls, cpus = [], []
+    for _ in range(runs):
+        start, cpu = time.perf_counter(), time.thread_time()
+        runner.run(batch)
+        walls.append((time.perf_counter() - start) / batch_size)
+        cpus.append((time.thread_time() - cpu) / batch_size)
+    return {
+        "decode": decode,
+        "decode_cpu": decode_cpu,
+        "model": statistics.median(walls),
+        "model_cpu": statistics.median(cpus),
+    }
+
+
+def ceiling(model: Path, photos: list[Path], batch_size: int, cores: int, gpu: bool) -> dict:
+    """The per-image times, measured on one thread alone and on every core at once (the job's situation).
+
+    Ceiling = cores / (decode + model) per image, from the all-cores times: each core doing only useful
+    work, under whatever else shares the machine (memory bandwidth, other processes) at that moment.
+    On a GPU: the slower of decoding on every core and the GPU's network-only rate.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     from clsloc.serving.engine import Engine
 
     engine = Engine(model, threads=1)
-    sample = photos[:200]
-    tensors = []
-    for _ in range(2):  # the first pass warms the page cache and Pillow
-        tensors.clear()
-        start, cpu = time.perf_counter(), time.thread_time()
-        for path in sample:
-            tensors.append(engine.preprocessing(engine.open(path)))
-        decode, decode_cpu = ((time.perf_counter() - start) / len(sample), (time.thread_time() - cpu) / len(sample))
     runner = Engine(model, require_gpu=True) if gpu else engine
-    batch = np.stack([tensors[i % len(tensors)] for i in range(batch_size)])
-    runner.run(batch)
-    times, cpu_times = [], []
-    for _ in range(max(6, 48 // batch_size)):
-        start, cpu = time.perf_counter(), time.thread_time()
-        runner.run(batch)
-        times.append((time.perf_counter() - start) / batch_size)
-        cpu_times.append((time.thread_time() - cpu) / batch_size)
-    model_time = statistics.median(times)
-    if gpu:  # decoding on every core, the network on the GPU: the slower of the two bounds
-        rate = min(cores / decode, 1 / model_time)
+    runs = max(6, 48 // batch_size)
+    _per_image(engine, runner, photos[:50], batch_size, 2)  # warm the page cache, Pillow and onnxruntime
+    alone = _per_image(engine, runner, photos[:200], batch_size, runs)
+    with ThreadPoolExecutor(cores) as pool:
+        shares = [photos[i:200:cores] for i in range(cores)]
+        together = list(pool.map(lambda part: _per_image(engine, runner, part, batch_size, runs), shares))
+    every = {key: statistics.mean(t[key] for t in together) for key in alone}
+    if gpu:
+        rate = min(cores / every["decode"], 1 / alone["model"])
     else:
-        rate = cores / (decode + model_time)
+        rate = cores / (every["decode"] + every["model"])
     return {
-        "decode_preprocess_ms": 1000 * decode,
-        "model_ms_per_image": 1000 * model_time,
-        "cpu_ms_per_image": 1000 * (decode_cpu + statistics.median(cpu_times)),
+        "alone_ms": {key: 1000 * value for key, value in alone.items()},
+        "all_cores_ms": {key: 1000 * value for key, value in every.items()},
+        "cpu_ms_per_image": 1000 * (alone["decode_cpu"] + alone["model_cpu"]),
         "model_batch": batch_size,
         "cores": cores,
         "ceiling_img_s": rate,
-        "gpu_network_img_s": 1 / model_time if gpu else None,
+        "ceiling_alone_img_s": cores / (alone["decode"] + alone["model"]),
+        "gpu_network_img_s": 1 / alone["model"] if gpu else None,
         "load_average": os.getloadavg()[0],
     }
 
@@ -157,16 +176,20 @@ def score_job(model: Path, listed: Path, out_dir: Path, name: str, *flags: str) 
     cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: clsloc score failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    scored = re.search(r"this run scored (\d+) image\(s\) in ([\d.]+) s \(([\d.]+) img/s\)", done.stdout)
-    images, seconds, rate = int(scored.group(1)), float(scored.group(2)), float(scored.group(3))
+    scored = re.search(
+        r"this run scored (\d+) image\(s\) in ([\d.]+) s \(([\d.]+) img/s, the first after ([\d.]+) s", done.stdout
+    )
+    images, seconds, rate, first = (float(v) for v in scored.groups())
     rss = int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024
     errors = int(re.search(r"(\d+) could not be scored", done.stdout).group(1))
     out.unlink()
     return {
-        "images": images,
+        "images": int(images),
         "errors": errors,
         "job_seconds": seconds,
         "img_s": rate,
+        "first_row_seconds": first,  # start-up: model load, Ray and its actors
+        "steady_img_s": images / max(seconds - first, 1e-9),
         "wall_seconds": wall,
         "cpu_seconds": cpu,  # the whole process: start-up and model load included
         "peak_rss_mb": rss,
@@ -193,56 +216,64 @@ def ensure_model(args, work: Path) -> tuple[Path, str]:
 
 
 def _print_ceiling(c: dict) -> None:
+    every, alone = c["all_cores_ms"], c["alone_ms"]
     print(
-        f"ceiling: decode + preprocess {c['decode_preprocess_ms']:.1f} ms, model {c['model_ms_per_image']:.1f} ms "
-        f"per image (batch {c['model_batch']}) on {c['cores']} cores -> {c['ceiling_img_s']:.1f} img/s "
-        f"(load average {c['load_average']:.1f})",
+        f"ceiling: per image decode + preprocess {every['decode']:.1f} ms, model {every['model']:.1f} ms "
+        f"(batch {c['model_batch']}) with all {c['cores']} cores busy -> {c['ceiling_img_s']:.1f} img/s; "
+        f"one core alone {alone['decode']:.1f} + {alone['model']:.1f} ms (load average {c['load_average']:.1f})",
         flush=True,
     )
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median images/s (of an odd count; the slower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["img_s"])[(len(runs) - 1) // 2]
+
+
 def bench_model(label: str, model: Path, photos, inputs: dict[int, Path], work: Path, args, cores: int) -> dict:
-    """Ceiling, local job, ceiling again (the machine is shared: the two bracket the job), other configurations."""
+    """Ceilings bracketing rounds of local and Ray jobs, run in turn (the machine is shared), and 1 worker."""
     from clsloc.serving.scoring.job import CPU_BATCH, GPU_BATCH
 
     batch = args.batch_size or (GPU_BATCH if args.gpu else CPU_BATCH)
     flags = ["--batch-size", str(batch), *(["--gpu"] if args.gpu else [])]
+    listed = inputs[args.images]
     print(f"\n== {label} model: {model}", flush=True)
-    result: dict = {
-        "model": str(model),
-        "batch_size": batch,
-        "ceiling": [ceiling(model, photos, batch, cores, args.gpu)],
-    }
-    _print_ceiling(result["ceiling"][0])
-    result["local"] = local = score_job(model, inputs[args.images], work, "local", *flags)
-    print(f"local  {args.images} images: {local['img_s']:.1f} img/s, {local['peak_rss_mb']:.0f} MB", flush=True)
+    result: dict = {"model": str(model), "batch_size": batch, "ceiling": [], "local_runs": [], "ray_runs": []}
+    for _ in range(args.rounds):
+        result["ceiling"].append(ceiling(model, photos, batch, cores, args.gpu))
+        _print_ceiling(result["ceiling"][-1])
+        result["local_runs"].append(score_job(model, listed, work, "local", *flags))
+        print(f"local  {args.images} images: {result['local_runs'][-1]['img_s']:.1f} img/s", flush=True)
+        if not args.no_ray:
+            result["ray_runs"].append(score_job(model, listed, work, "ray", *flags, "--engine", "ray"))
+            run = result["ray_runs"][-1]
+            print(
+                f"ray    {args.images} images: {run['img_s']:.1f} img/s ({run['steady_img_s']:.1f} after its "
+                f"{run['first_row_seconds']:.1f} s start-up)",
+                flush=True,
+            )
     result["ceiling"].append(ceiling(model, photos, batch, cores, args.gpu))
-    _print_ceiling(result["ceiling"][1])
+    _print_ceiling(result["ceiling"][-1])
     rate = statistics.mean(c["ceiling_img_s"] for c in result["ceiling"])
+    alone = statistics.mean(c["ceiling_alone_img_s"] for c in result["ceiling"])
     cpu_per_image = statistics.mean(c["cpu_ms_per_image"] for c in result["ceiling"])
+    result["local"] = local = _median_run(result["local_runs"])
     ratios = {
         "local_vs_ceiling": local["img_s"] / rate,
-        # CPU the job spent per image against the ceiling's: pipeline overhead, whatever else the machine runs
+        "local_vs_ceiling_alone": local["img_s"] / alone,
+        # CPU the job spent per image (start-up included) against the ceiling's: the pipeline's own overhead
         "cpu_efficiency": cpu_per_image / (1000 * local["cpu_seconds"] / local["images"]),
     }
+    if result["ray_runs"]:
+        result["ray"] = on_ray = _median_run(result["ray_runs"])
+        ratios["ray_vs_local"] = on_ray["img_s"] / local["img_s"]
+        ratios["ray_steady_vs_local"] = on_ray["steady_img_s"] / local["steady_img_s"]
     if not args.gpu:
         one = ["--workers", "1", "--threads", str(cores)]
-        result["local_one_worker"] = score_job(model, inputs[args.images], work, "one", *flags, *one)
+        result["local_one_worker"] = score_job(model, listed, work, "one", *flags, *one)
         ratios["one_worker_vs_local"] = result["local_one_worker"]["img_s"] / local["img_s"]
         print(f"local, 1 worker x {cores} threads: {result['local_one_worker']['img_s']:.1f} img/s", flush=True)
-    if not args.no_ray:
-        result["ray_startup"] = start = score_job(model, inputs[16], work, "ray16", *flags, "--engine", "ray")
-        result["ray"] = on_ray = score_job(model, inputs[args.images], work, "ray", *flags, "--engine", "ray")
-        on_ray["steady_img_s"] = on_ray["images"] / max(on_ray["job_seconds"] - start["job_seconds"], 1e-9)
-        ratios["ray_vs_local"] = on_ray["img_s"] / local["img_s"]
-        ratios["ray_steady_vs_local"] = on_ray["steady_img_s"] / local["img_s"]
-        print(
-            f"ray    {args.images} images: {on_ray['img_s']:.1f} img/s ({on_ray['steady_img_s']:.1f} after its "
-            f"{start['job_seconds']:.1f} s start-up)",
-            flush=True,
-        )
-    result["ceiling_img_s"] = rate
-    result["ratios"] = ratios
+    result.update(ceiling_img_s=rate, ceiling_alone_img_s=alone, ratios=ratios)
     return result
 
 
@@ -258,34 +289,40 @@ def bench_rss(model: Path, inputs: dict[int, Path], work: Path, args) -> dict:
     }
 
 
+def _model_rows(label: str, r: dict, args) -> list[str]:
+    local, ratios = r["local"], r["ratios"]
+    cores = r["ceiling"][0]["cores"]
+    load = statistics.mean(c["load_average"] for c in r["ceiling"])
+    rows = [
+        f"| {label} | ceiling, all {cores} cores busy (one core alone x {cores}), batch {r['batch_size']} "
+        f"| {r['ceiling_img_s']:.1f} ({r['ceiling_alone_img_s']:.1f}) | | |",
+        f"| {label} | local `clsloc score`, {args.images} photos, median of {len(r['local_runs'])} "
+        f"(load average {load:.1f}) | {local['img_s']:.1f} | {ratios['local_vs_ceiling']:.2f}x "
+        f"({ratios['local_vs_ceiling_alone']:.2f}x); CPU per image {ratios['cpu_efficiency']:.2f}x | >= 0.9x |",
+    ]
+    if "ray" in r:
+        ray = r["ray"]
+        rows.append(
+            f"| {label} | `--engine ray`, whole job / after its {ray['first_row_seconds']:.0f} s start-up "
+            f"| {ray['img_s']:.1f} / {ray['steady_img_s']:.1f} | {ratios['ray_vs_local']:.2f}x / "
+            f"{ratios['ray_steady_vs_local']:.2f}x local | >= 0.7x |"
+        )
+    if "local_one_worker" in r:
+        rows.append(
+            f"| {label} | local, 1 worker on all cores (instead of a worker per core) "
+            f"| {r['local_one_worker']['img_s']:.1f} | {ratios['one_worker_vs_local']:.2f}x local | |"
+        )
+    return rows
+
+
 def table(results: dict, args) -> str:
     rows = ["| model | what | images/s | vs | goal |", "|---|---|---|---|---|"]
     for label in ("fp32", "int8"):
         r = results.get(label)
-        if r is None:
-            continue
-        if "unavailable" in r:
+        if r is not None and "unavailable" in r:
             rows.append(f"| {label} | not available | - | {r['unavailable']} | |")
-            continue
-        local, ratios = r["local"], r["ratios"]
-        cores = r["ceiling"][0]["cores"]
-        load = statistics.mean(local["load_average"])
-        rows.append(f"| {label} | ceiling: {cores} cores, batch {r['batch_size']} | {r['ceiling_img_s']:.1f} | | |")
-        rows.append(
-            f"| {label} | local `clsloc score`, {args.images} photos (load average {load:.1f}) | {local['img_s']:.1f} "
-            f"| {ratios['local_vs_ceiling']:.2f}x ceiling; CPU per image {ratios['cpu_efficiency']:.2f}x | >= 0.9x |"
-        )
-        if "local_one_worker" in r:
-            rows.append(
-                f"| {label} | local, 1 worker on all cores | {r['local_one_worker']['img_s']:.1f} "
-                f"| {ratios['one_worker_vs_local']:.2f}x local | |"
-            )
-        if "ray" in r:
-            rows.append(
-                f"| {label} | `--engine ray` (whole job / after start-up) | {r['ray']['img_s']:.1f} / "
-                f"{r['ray']['steady_img_s']:.1f} | {ratios['ray_vs_local']:.2f}x / {ratios['ray_steady_vs_local']:.2f}x local "
-                f"| >= 0.7x |"
-            )
+        elif r is not None:
+            rows += _model_rows(label, r, args)
     if "rss" in results:
         runs = results["rss"]["runs"]
         small, large = (runs[str(n)] for n in args.rss)
@@ -303,6 +340,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2000, help="inputs of the throughput runs (default 2000)")
     parser.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"))
     parser.add_argument("--batch-size", type=int, default=0, help="default: clsloc score's own (CPU or GPU)")
+    parser.add_argument("--rounds", type=int, default=2, help="local and Ray jobs run in turn, this many times each")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray runs")
     parser.add_argument("--no-rss", action="store_true", help="leave out the peak RSS runs")
     parser.add_argument("--gpu", action="store_true", help="require onnxruntime's CUDA provider (GPU variant)")
@@ -318,7 +356,7 @@ def main() -> int:
         model, model_note = ensure_model(args, work)
         photos, photos_note = photo_files(work)
         print(f"model: {model_note}\nphotos: {photos_note}, {cores} cores", flush=True)
-        counts = {16, args.images} | (set() if args.no_rss else set(args.rss))
+        counts = {args.images} | (set() if args.no_rss else set(args.rss))
         inputs = {n: linked_inputs(photos, n, work) for n in sorted(counts)}
         results: dict = {"model_note": model_note, "photos": photos_note, "cores": cores}
         results["fp32"] = bench_model("fp32", model, photos, inputs, work, args, cores)

@@ -104,8 +104,9 @@ def print_result(result: JobResult, *, file=None, name: str | None = None) -> No
         f"{t.statuses.get('ok', 0)} ok, {errors} could not be scored",
         file=file,
     )
+    first = f", the first after {result.first_row_seconds:.1f} s" if result.first_row_seconds is not None else ""
     print(
-        f"this run scored {result.written} image(s) in {result.seconds:.1f} s ({result.rate:.1f} img/s)"
+        f"this run scored {result.written} image(s) in {result.seconds:.1f} s ({result.rate:.1f} img/s{first})"
         + (f"; {result.resumed} were already in the output" if result.resumed else ""),
         file=file,
     )

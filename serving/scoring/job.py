@@ -58,6 +58,7 @@ class JobResult:
     written: int  # rows this run wrote
     seconds: float
     rate: float  # images/s of this run
+    first_row_seconds: float | None  # when its first rows came: the start-up (Ray's, mostly)
     tally: Tally
 
 
@@ -159,6 +160,7 @@ def score(model_dir: Path, pinned: str, inputs: Inputs, options: ScoreOptions) -
         written=len(remaining),
         seconds=progress.elapsed(),
         rate=progress.rate(),
+        first_row_seconds=progress.first_seconds,
         tally=tally(out, inputs, manifest.classes),
     )
 

@@ -35,6 +35,7 @@ class Progress:
         self.total, self.done, self.errors = total, done, 0
         self.desc, self.quiet, self.interval = desc, quiet, interval
         self.started = self._last = time.monotonic()
+        self.first_seconds: float | None = None  # when the first results came (start-up: model, Ray actors)
         self._first = done
         self._bar = None
         if not quiet and self.stream.isatty():
@@ -45,6 +46,8 @@ class Progress:
             )
 
     def update(self, n: int, errors: int = 0) -> None:
+        if self.first_seconds is None:
+            self.first_seconds = time.monotonic() - self.started
         self.done += n
         self.errors += errors
         if self._bar is not None:
