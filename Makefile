@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint format browser venv clean wheel bento
+.PHONY: serve test lint format browser venv clean wheel bento audit
 
 venv: $(STAMP)
 
@@ -41,11 +41,18 @@ format: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
+# pip-audit over the serving install (the wheel's base dependencies and all they pull in, as pinned
+# here); says SKIPPED where no vulnerability service can be reached.
+audit: $(STAMP)
+	$(BIN)/python .ci/audit.py
+
 # The torch-free wheel the Bento installs (offline: setuptools comes from .venv).
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
-# A Bento of the service and one pinned model: make bento MODEL=clsloc-default:VERSION
+# A Bento of the service and one model, packed and recorded in it (docs/deploy.md):
+#   make bento MODEL=NAME:VERSION   (default: the newest clsloc-default in the store, pinned at build)
+MODEL ?= clsloc-default
 bento: wheel
 	CLSLOC_MODEL=$(MODEL) $(BIN)/bentoml build
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py                 # makes a small run on synthetic data first
     .venv/bin/python benchmarks/serving.py --run runs/rk   # or benchmark a training run you have
+    .venv/bin/python benchmarks/serving.py --run runs/rk --int8   # int8 vs fp32 of the same run, side by side
 
 What it measures, all on the same network and the same photos
 (``../shared/datasets/raccoon`` when present, synthetic images otherwise):
@@ -13,6 +14,11 @@ What it measures, all on the same network and the same photos
 3. a naive baseline: the same network in PyTorch eager behind a plain
    Starlette endpoint (uvicorn, no batching, no onnxruntime), same load;
 4. the worker's RSS, and its growth over --leak-requests requests.
+
+``--int8`` measures instead the run exported twice, fp32 and ``--int8`` (the
+export's gate must accept it), side by side: in-process images/s and HTTP
+``/predict`` at concurrency 8, two servers up at once and measured in
+alternating windows; goal int8 >= 1.5x fp32 on both.
 
 Goals (from the issue): HTTP@8 >= 0.75x in-process; >= 3x naive@8;
 p50@1 <= in-process single-image latency + 5 ms; worker RSS <= 600 MB with
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -130,7 +137,7 @@ def worker_rss_mb(root_pid: int) -> float:
 # -- load ----------------------------------------------------------------------------------------------
 
 
-async def _load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+async def closed_loop(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -165,8 +172,8 @@ async def _load(url: str, photos: list[bytes], concurrency: int, requests: int, 
 
 
 def load(url: str, photos: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
-    asyncio.run(_load(url, photos, concurrency, min(concurrency * 4, 16), 30))  # warm up
-    return asyncio.run(_load(url, photos, concurrency, requests, seconds))
+    asyncio.run(closed_loop(url, photos, concurrency, min(concurrency * 4, 16), 30))  # warm up
+    return asyncio.run(closed_loop(url, photos, concurrency, requests, seconds))
 
 
 # -- in-process, and paired with HTTP ------------------------------------------------------------------------
@@ -226,7 +233,7 @@ def alternating_windows(
     local, remote = [], []
     for _ in range(rounds):
         local.append(in_process_throughput(engine, photos, seconds / rounds))
-        remote.append(asyncio.run(_load(url, photos, concurrency, 10**9, seconds / rounds)))
+        remote.append(asyncio.run(closed_loop(url, photos, concurrency, 10**9, seconds / rounds)))
     best = statistics.median(r["best"] for r in local)
     return {
         "in_process": {
@@ -295,6 +302,95 @@ def naive_app(run_dir: str):
     return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
 
 
+# -- int8 vs fp32 ----------------------------------------------------------------------------------------------
+
+
+def int8_comparison(run: Path, tmp: Path, photos: list[bytes], env: dict, args) -> dict:
+    """The same run exported fp32 and int8, both served at once; alternating windows of in-process and
+    HTTP c=8 throughput, medians of ``--rounds``. -> results, with the int8/fp32 ratios."""
+    from clsloc.serving.engine import Engine
+    from clsloc.training.export import export_run
+
+    manifests = {
+        "fp32": export_run(run, tmp / "fp32", log=lambda *_: None),
+        "int8": export_run(run, tmp / "int8", int8=True, log=lambda *_: None),
+    }
+    engines = {k: Engine(tmp / k, threads=args.threads) for k in manifests}
+    windows: dict[str, dict[str, list[float]]] = {k: {"in_process": [], "http8": []} for k in manifests}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for k in manifests:
+            port = free_port()
+            command = [sys.executable, "-m", "clsloc.cli", "serve", str(tmp / k), "--port", str(port)]
+            url, _ = stack.enter_context(
+                server([*command, "--threads", str(args.threads)], port, env, tmp / f"{k}.log")
+            )
+            urls[k] = url
+            asyncio.run(closed_loop(url, photos, 8, 32, 30))  # warm up
+        for r in range(args.rounds):
+            for k in manifests:
+                print(f"round {r + 1}/{args.rounds}: {k} in-process, then HTTP c=8 ...", flush=True)
+                windows[k]["in_process"].append(in_process_throughput(engines[k], photos, args.seconds)["best"])
+                windows[k]["http8"].append(
+                    asyncio.run(closed_loop(urls[k], photos, 8, 10**9, args.seconds))["throughput"]
+                )
+    results = {
+        k: {
+            "precision": manifests[k].precision,
+            "in_process": statistics.median(w["in_process"]),
+            "http8": statistics.median(w["http8"]),
+            "windows": w,
+            "validation": {
+                m: manifests[k].metrics["onnx_int8" if k == "int8" else "onnx"][m] for m in ("accuracy", "mean_iou")
+            },
+        }
+        for k, w in windows.items()
+    }
+    results["int8"]["agreement"] = manifests["int8"].extra["int8"]["gate"]["agreement"]
+    results["ratio"] = {m: results["int8"][m] / results["fp32"][m] for m in ("in_process", "http8")}
+    return results
+
+
+def print_int8(results: dict) -> None:
+    rows = [("measure", "fp32", "int8", "int8 / fp32", "goal", "met")]
+    for key, label in (("in_process", "in-process img/s (best of 1-by-1, batch 8)"), ("http8", "HTTP c=8 img/s")):
+        ratio = results["ratio"][key]
+        rows.append(
+            (
+                label,
+                f"{results['fp32'][key]:.1f}",
+                f"{results['int8'][key]:.1f}",
+                f"{ratio:.2f}x",
+                ">= 1.5x",
+                "yes" if ratio >= 1.5 else "NO",
+            )
+        )
+    for m in ("accuracy", "mean_iou"):
+        rows.append(
+            (
+                f"validation {m}",
+                f"{results['fp32']['validation'][m]:.4f}",
+                f"{results['int8']['validation'][m]:.4f}",
+                "",
+                "",
+                "",
+            )
+        )
+    agree = results["int8"]["agreement"]
+    rows.append(
+        (
+            "int8 top-1 agreement / box IoU to fp32",
+            "",
+            f"{agree['top1_agreement']:.4f} / {agree['mean_box_iou_to_fp32']:.4f}",
+            "",
+            "",
+            "",
+        )
+    )
+    print()
+    print(table(rows))
+
+
 # -- report -------------------------------------------------------------------------------------------------
 
 
@@ -314,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="most requests per HTTP measurement")
     parser.add_argument("--leak-requests", type=int, default=10_000, help="requests for the RSS growth check")
     parser.add_argument("--leak-seconds", type=float, default=600, help="time cap of the RSS growth check")
+    parser.add_argument(
+        "--int8", action="store_true", help="measure the run's int8 export against its fp32 export instead"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the --int8 comparison")
     add_json_flag(parser)
     parser.add_argument("--naive-server", nargs=2, metavar=("RUN", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -337,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         env["BENTOML_HOME"] = str(tmp / "bentoml")
         run = Path(args.run) if args.run else make_run(tmp, args.image_size)
+        if args.int8:
+            results["int8"] = int8_comparison(run, tmp, photos, env, args)
+            print_int8(results["int8"])
+            if args.json:
+                save("serving-int8", results, args)
+            return 0
         model_dir = tmp / "model"
         manifest = export_run(run, model_dir, log=lambda *_: None)
         results["model"] = {
@@ -389,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             results["http"][32] = load(url, photos, 32, args.requests, args.seconds)
             rss_start = worker_rss_mb(process.pid)
             print(f"RSS check: up to {args.leak_requests} requests (cap {args.leak_seconds:.0f}s) ...", flush=True)
-            leak = asyncio.run(_load(url, photos, 8, args.leak_requests, args.leak_seconds))
+            leak = asyncio.run(closed_loop(url, photos, 8, args.leak_requests, args.leak_seconds))
             rss_end = worker_rss_mb(process.pid)
             results["rss"] = {
                 "start_mb": rss_start,

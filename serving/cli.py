@@ -49,10 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
     parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
     parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        help="most API requests one worker holds at once; past it a fast 503 with Retry-After (default 32)",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=0,
-        help="most concurrent /predict requests merged into one onnxruntime run (default 8)",
+        help="most images in one onnxruntime run: /predict requests merged, /predict_batch chunks (default 8)",
     )
 
 
@@ -152,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
     describe(model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["CLSLOC_MODEL"] = model  # pinned: a directory or NAME:VERSION
+    # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and memory freed
+    # in one arena is not reused by the others: decoding threads and onnxruntime's would hold a
+    # high-water mark each. The workers inherit this (benchmarks/memory.py measures the difference).
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     os.environ["CLSLOC_WORKERS"] = str(args.workers)
     os.environ["CLSLOC_THREADS"] = str(args.threads or max(1, cpus // args.workers))
     if args.max_bytes:
@@ -160,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLSLOC_ACCESS_LOG"] = "0"
     if args.max_batch:
         os.environ["CLSLOC_MAX_BATCH"] = str(args.max_batch)
+    if args.max_queue:
+        os.environ["CLSLOC_MAX_QUEUE"] = str(args.max_queue)
     print(
         f"serving {model} on http://{args.host}:{args.port} ({args.workers} worker(s), "
         f"{os.environ['CLSLOC_THREADS']} onnxruntime thread(s) each)",
@@ -167,12 +179,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     import bentoml
+    from bentoml.exceptions import BentoMLException
 
     import clsloc
 
     # The folder holding the `clsloc` package: the checkout, or site-packages when installed.
     working_dir = str(Path(clsloc.__file__).resolve().parent.parent)
-    bentoml.serve(
-        "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
-    )
+    try:
+        bentoml.serve(
+            "clsloc.serving.service:Clsloc", working_dir=working_dir, host=args.host, port=args.port, blocking=True
+        )
+    except BentoMLException as exc:  # the service's start-up check refused the model: nothing was served
+        print(f"clsloc serve: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -85,18 +85,29 @@ def session_options(threads: int | None = None):
     # machine costs more end-to-end throughput than spinning saves.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # onnxruntime's CPU arena keeps the memory of the largest batch it has run for the life of the
+    # process, which the service bounds by never running more than CLSLOC_MAX_BATCH images at once.
+    # Without the arena every run allocates (and page-faults) its buffers afresh: less memory, slower
+    # runs (benchmarks/memory.py measures both).
+    options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", True)
     return options
 
 
-def create_session(model_path: str | Path, *, threads: int | None = None, require_gpu: bool | None = None):
-    """An onnxruntime session: CUDA when a GPU is there, else CPU; providers in use logged."""
+def create_session(
+    model_path: str | Path, *, threads: int | None = None, require_gpu: bool | None = None, cpu_only: bool = False
+):
+    """An onnxruntime session: CUDA when a GPU is there, else CPU; providers in use logged.
+
+    ``cpu_only`` checks an artifact without touching the GPU (the serving process's
+    start-up check: a CUDA context made there would hold GPU memory for good).
+    """
     import onnxruntime as ort
 
     model_path = Path(model_path)
-    require_gpu = require_gpu_from_env() if require_gpu is None else require_gpu
+    require_gpu = False if cpu_only else (require_gpu_from_env() if require_gpu is None else require_gpu)
     available = ort.get_available_providers()
     wanted = [CPU]
-    if CUDA in available and (_gpu_device_present() or require_gpu):
+    if not cpu_only and CUDA in available and (_gpu_device_present() or require_gpu):
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed
             try:
                 ort.preload_dlls()
@@ -112,7 +123,7 @@ def create_session(model_path: str | Path, *, threads: int | None = None, requir
     in_use = session.get_providers()
     # onnxruntime falls back to CPU silently when CUDA cannot load: say what is really used.
     fell_back = in_use[0] != wanted[0]
-    (log.warning if fell_back else log.info)(
+    (log.warning if fell_back else log.debug if cpu_only else log.info)(
         "onnxruntime %s: providers in use %s (requested %s)%s",
         ort.__version__,
         in_use,
@@ -179,6 +190,7 @@ class Engine:
         require_gpu: bool | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        cpu_only: bool = False,
     ):
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -191,7 +203,7 @@ class Engine:
         if not model_path.is_file():
             raise EngineError(f"{model_path}: missing (an exported model directory holds {MODEL_FILE})")
         self.model_dir = model_dir
-        self.session = create_session(model_path, threads=threads, require_gpu=require_gpu)
+        self.session = create_session(model_path, threads=threads, require_gpu=require_gpu, cpu_only=cpu_only)
         check_graph(self.session, self.manifest, str(model_path))
         self.providers = self.session.get_providers()
         self.preprocessing = self.manifest.preprocessing
@@ -240,18 +252,25 @@ class Engine:
         sources = list(sources)
         names = list(names) if names is not None else [None] * len(sources)
         results: list[Prediction | ImageError | None] = [None] * len(sources)
-        pending: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[int, np.ndarray, int, int]] = []  # index, image at the input size, displayed size
 
         def flush() -> None:
-            for (i, _), prediction in zip(pending, self.predict_arrays([rgb for _, rgb in pending])):
-                results[i] = prediction
+            if pending:
+                probs, boxes = self.run(self.preprocessing.normalize(np.stack([small for _, small, _, _ in pending])))
+                for (i, _, width, height), p, box in zip(pending, probs, boxes):
+                    results[i] = self.prediction(p, box, width, height)
             pending.clear()
 
         for i, (source, name) in enumerate(zip(sources, names)):
             try:
-                pending.append((i, self.decode(source, name=name)))
+                image = self.open(source, name=name)
             except ImageError as exc:
                 results[i] = exc
+                continue
+            # Only the input-sized copy waits for the batch: a batch of full-size photos (up to
+            # max_pixels each) would otherwise sit in memory together.
+            pending.append((i, self.preprocessing.resize_image(image), image.width, image.height))
+            image.close()
             if len(pending) >= batch_size:
                 flush()
         flush()

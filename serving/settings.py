@@ -3,16 +3,18 @@
 =========================  ==================================================  =========
 variable                   meaning                                             default
 =========================  ==================================================  =========
-CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  (required)
+CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  a Bento's packed model
 CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
 CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
 CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
-CLSLOC_MAX_BATCH           most /predict requests sharing one onnxruntime run  8
+CLSLOC_MAX_BATCH           most images in one onnxruntime run (both routes)    8
+CLSLOC_MAX_QUEUE           most API requests a worker holds at once; more: 503  32
 CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    unset
 CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
 CLSLOC_WORKERS             BentoML worker processes                             1
 CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
 CLSLOC_ACCESS_LOG          0: no log line per request (health probes never)     1
+CLSLOC_ORT_ARENA           0: no onnxruntime CPU arena (less memory, slower)    1
 =========================  ==================================================  =========
 """
 
@@ -33,6 +35,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_images: int = 64
     max_batch: int = 8  # concurrent /predict requests merged into one onnxruntime run (clsloc.serving.batcher)
+    # API requests one worker holds at once (parsing, queued, running); past it a fast 503 (clsloc.serving.http).
+    max_queue: int = 32
     api_key: str | None = None
     threads: int | None = None
     workers: int = 1
@@ -56,6 +60,7 @@ class Settings:
             max_pixels=env_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             max_batch_images=env_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
             max_batch=env_int(env, "CLSLOC_MAX_BATCH", 8),
+            max_queue=env_int(env, "CLSLOC_MAX_QUEUE", 32),
             api_key=env.get("CLSLOC_API_KEY") or None,
             threads=env_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,
             workers=env_int(env, "CLSLOC_WORKERS", 1),

@@ -1,8 +1,9 @@
 """``clsloc export RUN_DIR --out MODEL_DIR [--int8] [--bentoml NAME]``.
 
 A training run becomes a served artifact: one self-contained ``model.onnx``
-(dynamic batch axis, no external data file) plus ``manifest.json``
-(clsloc.manifest). Parity is checked here, not assumed:
+(dynamic batch axis, no external data file), written by the maintained
+``torch.export``-based exporter, plus ``manifest.json`` (clsloc.manifest).
+Parity is checked here, not assumed:
 
 1. PyTorch (the run's best checkpoint) and onnxruntime run the same
    preprocessed validation images: max |logit difference| <= 1e-4 and the
@@ -11,22 +12,24 @@ A training run becomes a served artifact: one self-contained ``model.onnx``
    ``clsloc.metrics`` (the one metrics definition) and the numbers go into the
    manifest next to PyTorch's.
 
-``--int8``: static quantization (onnxruntime.quantization, QDQ, calibrated on
-training images, ``reduce_range=True`` because this CPU has AVX2 but no VNNI:
-plain u8s8 kernels saturate there). int8 is kept only when its validation
-accuracy and mean IoU are within 1 point of fp32; otherwise the export
-refuses with both sets of numbers.
+``--int8``: static quantization (``clsloc.training.int8``: calibration,
+which layers stay fp32, reduce_range from the CPU). int8 is kept only when
+its validation accuracy and mean IoU are within 1 point of fp32; otherwise
+the export refuses with both sets of numbers. Either way the manifest and
+the log carry int8's agreement with fp32 on the same images (top-1
+agreement, box IoU to the fp32 box). docs/int8.md says more.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import io
 import json
 import secrets
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -41,6 +44,7 @@ MAX_LOGIT_DIFF = 1e-4
 MIN_BOX_IOU = 0.999
 INT8_TOLERANCE = 0.01  # "within 1 point" of fp32 accuracy and mean IoU
 OPSET = 18
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # the module path the exporter records on each node
 
 
 class ExportError(RuntimeError):
@@ -56,98 +60,52 @@ def export_onnx(module, path: str | Path, input_size: tuple[int, int], *, opset:
     Input ``image`` with a dynamic batch axis; outputs ``logits`` and ``boxes``
     (the graph contract in clsloc.manifest). Weights are embedded, never an
     external-data side file, so the artifact is one file to copy.
+
+    The maintained exporter (``torch.export`` + onnxscript) traces with the
+    served input size fixed and only the batch axis symbolic, so shape
+    arithmetic on H and W is done at export time: timm's TF-"same"
+    convolutions (``Conv2dSame``, which pad from the input's shape at run
+    time) come out as constant pads, and onnxscript's optimizer folds each
+    one into its Conv's ``pads``. No Pad, Shape or Ceil op is left for the
+    runtime (tests/serving/test_export.py checks it).
     """
     import onnx
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = static_same_padding(module.eval(), input_size)
     example = torch.zeros(2, 3, *input_size)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # select_boxes branches on the head's (fixed) box count: a constant per model, as the tracer assumes.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # The constant pads of static_same_padding go through a reversed Slice the tracer cannot fold;
-        # onnxruntime folds it at load (tests/serving/test_export checks no Pad is left after that).
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        raw = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            module,
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # The exporter reports each of its steps on stdout; an export's own log says what matters.
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(
+            module.eval(),
             (example,),
-            str(raw),
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            dynamic_shapes=({0: batch},),
             opset_version=opset,
-            dynamo=False,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
-        # Re-save from memory: whatever the exporter did, the result is one file with the weights inside.
-        model = onnx.load(str(raw), load_external_data=True)
+    model = program.model_proto
+    for node in model.graph.node:
+        # Keep each node's module path (int8 picks the layers it leaves fp32 by it); drop the Python stack
+        # traces and FX dumps the exporter also records: they name this machine's files and weigh the artifact.
+        keep = [p for p in node.metadata_props if p.key == NAME_SCOPES]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return path
 
 
-def static_same_padding(module, input_size: tuple[int, int]):
-    """A copy of ``module`` whose TF-"same" convolutions pad by constants fixed for ``input_size``.
-
-    timm's ``Conv2dSame`` (every stride-2 convolution of the EfficientNet-Lite
-    ports) works its padding out from the input's shape at run time. Traced,
-    that is a chain of Shape/Gather/Ceil/Sub ops feeding a Pad that copies the
-    activation before each of those convolutions. The served input size is
-    fixed by the manifest, so the pads are constants: exported as such,
-    onnxruntime folds each Pad into its Conv. Modules without ``Conv2dSame``
-    come back unchanged; export parity still compares against the original.
-    """
-    import copy
-
-    import torch
-    from torch import nn
-
-    try:
-        from timm.layers import Conv2dSame
-        from timm.layers.padding import get_same_padding
-    except ImportError:  # no timm: no TF-same convolutions to fix
-        return module
-    names = [name for name, m in module.named_modules() if isinstance(m, Conv2dSame)]
-    if not names:
-        return module
-    module = copy.deepcopy(module)
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        module.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
-        )
-        for name in names
-    ]
-    with torch.no_grad():
-        module(torch.zeros(1, 3, *input_size))
-    for hook in hooks:
-        hook.remove()
-    for name in names:
-        same = module.get_submodule(name)
-        (ih, iw), (kh, kw), (sh, sw), (dh, dw) = sizes[name], same.kernel_size, same.stride, same.dilation
-        pad_h, pad_w = get_same_padding(ih, kh, sh, dh), get_same_padding(iw, kw, sw, dw)
-        conv = nn.Conv2d(
-            same.in_channels,
-            same.out_channels,
-            same.kernel_size,
-            same.stride,
-            0,
-            same.dilation,
-            same.groups,
-            same.bias is not None,
-        )
-        conv.load_state_dict(same.state_dict())
-        pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        module.set_submodule(name, nn.Sequential(pad, conv))
-    return module.eval()
-
-
 # -- running both sides ------------------------------------------------------------------------
 
 
-def _decode_all(records, log=print) -> tuple[list, list[np.ndarray]]:
+def decode_all(records, log=print) -> tuple[list, list[np.ndarray]]:
     """Decode validation images; one that no longer decodes is reported and left out, not fatal."""
     from clsloc.images import ImageError, decode_image
 
@@ -161,33 +119,33 @@ def _decode_all(records, log=print) -> tuple[list, list[np.ndarray]]:
     return kept, images
 
 
-def _torch_outputs(wrapper, batches) -> tuple[np.ndarray, np.ndarray]:
+def torch_outputs(wrapper, inputs) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     logits, boxes = [], []
     with torch.inference_mode():
-        for x in batches:
+        for x in inputs:
             lo, bo = wrapper(torch.from_numpy(x))
             logits.append(lo.numpy())
             boxes.append(bo.numpy())
     return np.concatenate(logits), np.concatenate(boxes)
 
 
-def _onnx_outputs(session, batches) -> tuple[np.ndarray, np.ndarray]:
+def onnx_outputs(session, inputs) -> tuple[np.ndarray, np.ndarray]:
     logits, boxes = [], []
-    for x in batches:
+    for x in inputs:
         lo, bo = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         logits.append(lo)
         boxes.append(bo)
     return np.concatenate(logits), np.concatenate(boxes)
 
 
-def _batches(preprocessing: Preprocessing, images: list[np.ndarray], size: int = 16):
+def batches(preprocessing: Preprocessing, images: list[np.ndarray], size: int = 16):
     for i in range(0, len(images), size):
         yield preprocessing.batch(images[i : i + size])
 
 
-def _session(path: Path):
+def cpu_session(path: Path):
     import onnxruntime as ort
 
     from clsloc.serving.engine import session_options
@@ -235,50 +193,65 @@ def _fmt(report: dict) -> str:
 # -- int8 ----------------------------------------------------------------------------------------
 
 
-class _CalibrationReader:
-    """Feeds preprocessed training images to onnxruntime's static quantizer."""
-
-    def __init__(self, preprocessing: Preprocessing, paths: list[Path]):
-        self.preprocessing = preprocessing
-        self.paths = list(paths)
-
-    def get_next(self):
-        from clsloc.images import ImageError, decode_image
-
-        while self.paths:
-            path = self.paths.pop(0)
-            try:
-                return {INPUT_NAME: self.preprocessing.batch([decode_image(path)])}
-            except ImageError:
-                continue
-        return None
-
-    def rewind(self):  # onnxruntime calls this between calibration passes on newer versions
-        pass
+def int8_gate(fp32: dict, int8: dict, agreement: dict) -> dict:
+    """int8 is kept when validation accuracy and mean IoU are each within ``INT8_TOLERANCE`` of fp32's.
+    Agreement with fp32 (same images) is reported beside it: less noisy on a small validation set."""
+    drops = {k: float(fp32[k] - int8[k]) for k in ("accuracy", "mean_iou")}
+    return {
+        "tolerance": INT8_TOLERANCE,
+        "drops": drops,
+        "accepted": all(d <= INT8_TOLERANCE for d in drops.values()),
+        "agreement": agreement,
+    }
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, preprocessing: Preprocessing, calibration: list[Path]) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _int8_step(fp32_path: Path, out: Path, train_records, val_records, images, fp32_outputs, ctx: dict, log) -> dict:
+    """Quantize, evaluate and judge: -> {"metrics", "gate", "settings", "refusal"}. Accepted, the int8
+    graph replaces ``fp32_path``; refused, it is deleted and "refusal" says why with both sets of numbers."""
+    from clsloc.training import int8
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(int8_path),
-            _CalibrationReader(preprocessing, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,  # 7-bit weights: no VNNI on this CPU, u8s8 saturates without it
-            calibrate_method=CalibrationMethod.MinMax,
-            # Only the compute-heavy ops. Quantizing the shape plumbing around the box head
-            # (Flatten/Reshape) made onnxruntime fuse a QGemm with the wrong K and fail at run time.
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+    options, preprocessing, classes = ctx["options"], ctx["preprocessing"], ctx["classes"]
+    int8_path = out / "model.int8.onnx"
+    inputs = int8.calibration_inputs(train_records, preprocessing, options, log)
+    log(
+        f"export: int8 static quantization, {options.calibration} calibration on {len(inputs)} inputs "
+        f"({options.images} training images x {options.views} views)"
+    )
+    settings = int8.quantize(fp32_path, int8_path, inputs, options)
+    log(
+        f"export: int8 reduce_range={settings['reduce_range']} "
+        f"({'given' if options.reduce_range is not None else 'from this CPU'}), "
+        f"quantized: {', '.join(options.quantize)}"
+        + (f" except {', '.join(options.keep_fp32)}" if options.keep_fp32 else "")
+        + f"; {settings['fp32_nodes']} nodes stay fp32"
+    )
+    q_logits, q_boxes = onnx_outputs(cpu_session(int8_path), batches(preprocessing, images))
+    metrics = evaluate_outputs(val_records, classes, q_logits, q_boxes)
+    gate = int8_gate(ctx["fp32_metrics"], metrics, int8.agreement(*fp32_outputs, q_logits, q_boxes))
+    agree = gate["agreement"]
+    log(f"export: int8 on validation: {_fmt(metrics)}")
+    log(
+        f"export: int8 vs fp32: top-1 agreement {agree['top1_agreement']:.4f}, box IoU to fp32 "
+        f"mean {agree['mean_box_iou_to_fp32']:.4f} (min {agree['min_box_iou_to_fp32']:.4f})"
+    )
+    if ctx.get("debug"):
+        log("export: int8 per-layer error on the validation images (dB, higher is better):")
+        log(
+            int8.format_layer_table(
+                int8.layer_report(fp32_path, int8_path, np.concatenate(list(batches(preprocessing, images))))
+            )
         )
-    return int8_path
+    refusal = None
+    if gate["accepted"]:
+        int8_path.replace(fp32_path)
+    else:
+        int8_path.unlink(missing_ok=True)
+        refusal = (
+            "int8 refused: it loses more than 1 point of accuracy or mean IoU on validation "
+            f"(fp32: {_fmt(ctx['fp32_metrics'])}; int8: {_fmt(metrics)}); "
+            f"the parity-checked fp32 model is written to {out} instead"
+        )
+    return {"metrics": metrics, "gate": gate, "settings": settings, "refusal": refusal}
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -289,21 +262,45 @@ def _version_now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
+def _check_parity(wrapper, fp32_path: Path, preprocessing: Preprocessing, images, run_dir: Path, log):
+    """PyTorch vs onnxruntime on the validation images: -> (check, torch outputs, onnx outputs)."""
+    reference = torch_outputs(wrapper, batches(preprocessing, images))
+    fp32_outputs = onnx_outputs(cpu_session(fp32_path), batches(preprocessing, images))
+    check = parity(*reference, *fp32_outputs)
+    log(
+        f"export: parity max |logit diff| = {check['max_abs_logit_diff']:.2e} (<= {MAX_LOGIT_DIFF:g}), "
+        f"min box IoU = {check['min_box_iou']:.6f} (>= {MIN_BOX_IOU})"
+    )
+    if not check["passed"]:
+        fp32_path.unlink(missing_ok=True)
+        raise ExportError(
+            f"parity failed for {run_dir}: max |logit diff| {check['max_abs_logit_diff']:.3e} "
+            f"(limit {MAX_LOGIT_DIFF:g}), min box IoU {check['min_box_iou']:.6f} (limit {MIN_BOX_IOU}) "
+            f"over {check['images']} validation images"
+        )
+    return check, reference, fp32_outputs
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
     *,
     int8: bool = False,
+    int8_options=None,
+    int8_debug: bool = False,
     bentoml_name: str | None = None,
     name: str | None = None,
-    calibration_images: int = 64,
     description: str = "",
     samples_per_class: int = 2,
     log=print,
 ) -> Manifest:
-    """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError."""
+    """Export ``run_dir``'s best checkpoint to ``out``; returns the manifest written. Raises ExportError.
+
+    ``int8_options`` (a ``clsloc.training.int8.Int8Options``; default: its defaults) says how
+    ``int8=True`` quantizes; ``int8_debug`` also logs the per-layer error table."""
     from clsloc.models import ExportWrapper
     from clsloc.training.checkpoint import load_run, load_split
+    from clsloc.training.int8 import Int8Options
 
     run_dir, out = Path(run_dir), Path(out)
     model, config = load_run(run_dir, "best")
@@ -318,48 +315,30 @@ def export_run(
     export_onnx(wrapper, fp32_path, preprocessing.size)
 
     log(f"export: parity on {len(val_records)} validation images")
-    val_records, images = _decode_all(val_records, log)
+    val_records, images = decode_all(val_records, log)
     if not images:
         raise ExportError(f"{run_dir}: no decodable validation images to check parity on")
-    torch_logits, torch_boxes = _torch_outputs(wrapper, _batches(preprocessing, images))
-    onnx_logits, onnx_boxes = _onnx_outputs(_session(fp32_path), _batches(preprocessing, images))
-    check = parity(torch_logits, torch_boxes, onnx_logits, onnx_boxes)
-    log(
-        f"export: parity max |logit diff| = {check['max_abs_logit_diff']:.2e} (<= {MAX_LOGIT_DIFF:g}), "
-        f"min box IoU = {check['min_box_iou']:.6f} (>= {MIN_BOX_IOU})"
-    )
-    if not check["passed"]:
-        fp32_path.unlink(missing_ok=True)
-        raise ExportError(
-            f"parity failed for {run_dir}: max |logit diff| {check['max_abs_logit_diff']:.3e} "
-            f"(limit {MAX_LOGIT_DIFF:g}), min box IoU {check['min_box_iou']:.6f} (limit {MIN_BOX_IOU}) "
-            f"over {check['images']} validation images"
-        )
+    check, reference, fp32_outputs = _check_parity(wrapper, fp32_path, preprocessing, images, run_dir, log)
     metrics = {
-        "pytorch": evaluate_outputs(val_records, classes, torch_logits, torch_boxes),
-        "onnx": evaluate_outputs(val_records, classes, onnx_logits, onnx_boxes),
+        "pytorch": evaluate_outputs(val_records, classes, *reference),
+        "onnx": evaluate_outputs(val_records, classes, *fp32_outputs),
     }
     log(f"export: ONNX on validation: {_fmt(metrics['onnx'])}")
 
     precision, refusal = "fp32", None
+    extra = {"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt", "opset": OPSET}
     if int8:
-        int8_path = out / "model.int8.onnx"
-        calibration = [r.image for r in train_records[:calibration_images]]
-        log(f"export: int8 static quantization calibrated on {len(calibration)} training images")
-        quantize_int8(fp32_path, int8_path, preprocessing, calibration)
-        q_logits, q_boxes = _onnx_outputs(_session(int8_path), _batches(preprocessing, images))
-        metrics["onnx_int8"] = evaluate_outputs(val_records, classes, q_logits, q_boxes)
-        fp, q = metrics["onnx"], metrics["onnx_int8"]
-        log(f"export: int8 on validation: {_fmt(q)}")
-        if any(fp[k] - q[k] > INT8_TOLERANCE for k in ("accuracy", "mean_iou")):
-            int8_path.unlink(missing_ok=True)
-            refusal = (
-                "int8 refused: it loses more than 1 point of accuracy or mean IoU on validation "
-                f"(fp32: {_fmt(fp)}; int8: {_fmt(q)}); the parity-checked fp32 model is written to {out} instead"
-            )
-        else:
-            int8_path.replace(fp32_path)
-            precision = "int8"
+        ctx = {
+            "options": int8_options or Int8Options(),
+            "preprocessing": preprocessing,
+            "classes": classes,
+            "fp32_metrics": metrics["onnx"],
+            "debug": int8_debug,
+        }
+        step = _int8_step(fp32_path, out, train_records, val_records, images, fp32_outputs, ctx, log)
+        metrics["onnx_int8"] = step["metrics"]
+        extra["int8"] = {"settings": step["settings"], "gate": step["gate"]}
+        precision, refusal = ("int8", None) if step["gate"]["accepted"] else ("fp32", step["refusal"])
 
     manifest = Manifest(
         name=name or bentoml_name or run_dir.name,
@@ -373,7 +352,7 @@ def export_run(
         head=dict(config.get("head", {})),
         metrics=metrics,
         parity=check,
-        extra={"run_dir": str(run_dir.resolve()), "checkpoint": "best.pt", "opset": OPSET},
+        extra=extra,
         description=description,
         samples=write_samples(val_records, out, per_class=samples_per_class),
     )
@@ -425,16 +404,15 @@ def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clsloc.training.int8 import CALIBRATIONS, Int8Options
+
+    d = Int8Options()
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (clsloc train --out)")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="where model.onnx + manifest.json go")
-    parser.add_argument(
-        "--int8", action="store_true", help="static int8 quantization, kept only within 1 point of fp32"
-    )
     parser.add_argument(
         "--bentoml", metavar="NAME", help="also store the model in the BentoML model store as NAME:VERSION"
     )
     parser.add_argument("--name", help="model name in the manifest (default: --bentoml NAME or the run directory name)")
-    parser.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate int8")
     parser.add_argument(
         "--description", default="", help="what the model is, in a sentence: shown by clsloc serve and the web page"
     )
@@ -445,6 +423,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="validation images per class copied beside the model as examples to try (0: none)",
     )
+    q = parser.add_argument_group("int8 (docs/int8.md)")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization, kept only when validation accuracy and mean IoU are within 1 point of fp32",
+    )
+    q.add_argument(
+        "--calibration-images",
+        type=int,
+        default=d.images,
+        help=f"training images that calibrate int8, spread over the classes (default {d.images})",
+    )
+    q.add_argument(
+        "--int8-views",
+        type=int,
+        default=d.views,
+        help=f"inputs per calibration image: the image, then augmented views (default {d.views})",
+    )
+    q.add_argument(
+        "--int8-calibration",
+        choices=CALIBRATIONS,
+        default=d.calibration,
+        help=f"how activation ranges are chosen (default {d.calibration})",
+    )
+    q.add_argument(
+        "--int8-percentile",
+        type=float,
+        default=d.percentile,
+        help=f"share of each activation's values the percentile range covers (default {d.percentile})",
+    )
+    q.add_argument(
+        "--int8-reduce-range",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="7-bit weights; auto: on for x86 CPUs without VNNI, where 8-bit kernels can saturate (default auto)",
+    )
+    q.add_argument(
+        "--int8-keep-fp32",
+        action="append",
+        metavar="MODULE",
+        help="a backbone module whose layers stay fp32; repeatable, replaces the default "
+        f"({' '.join(d.keep_fp32)}: the stem and the first block); 'none' quantizes them all "
+        "(the heads and what follows them are always fp32)",
+    )
+    q.add_argument("--int8-symmetric", action="store_true", help="symmetric activation ranges (zero point fixed)")
+    q.add_argument("--int8-debug", action="store_true", help="also log the per-layer quantization error table")
+
+
+def int8_options_from_args(args: argparse.Namespace):
+    from clsloc.training.int8 import Int8Options
+
+    return Int8Options(
+        calibration=args.int8_calibration,
+        percentile=args.int8_percentile,
+        images=args.calibration_images,
+        views=args.int8_views,
+        reduce_range={"auto": None, "on": True, "off": False}[args.int8_reduce_range],
+        symmetric_activations=args.int8_symmetric,
+        keep_fp32=Int8Options().keep_fp32
+        if args.int8_keep_fp32 is None
+        else tuple(m for m in args.int8_keep_fp32 if m != "none"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -453,9 +493,10 @@ def run(args: argparse.Namespace) -> int:
             args.run_dir,
             args.out,
             int8=args.int8,
+            int8_options=int8_options_from_args(args),
+            int8_debug=args.int8_debug,
             bentoml_name=args.bentoml,
             name=args.name,
-            calibration_images=args.calibration_images,
             description=args.description,
             samples_per_class=args.samples,
         )

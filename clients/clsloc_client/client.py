@@ -1,88 +1,89 @@
-"""Sync and async clients. One request builder and one response reader serve both."""
+"""The synchronous client. Many images at once go through a thread pool over the client's one connection pool."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import IO, Any, Union
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
-ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, IO[bytes]]
+from clsloc_client.base import ClientBase
+from clsloc_client.errors import ClsLocError
+from clsloc_client.protocol import Batch, ReadyWait, Result, check_concurrency, read_json, read_prediction
+from clsloc_client.results import Prediction
+from clsloc_client.retry import Attempts
+from clsloc_client.uploads import ImageInput, Upload, check_jpeg_quality, to_upload
 
 
-class ClsLocError(Exception):
-    """The service refused a request: ``status`` (HTTP), ``error`` (kind) and ``detail`` (message)."""
+class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
+    """A client of one clsloc service, safe to share between threads (settings: :class:`ClientBase`).
 
-    def __init__(self, status: int, error: str, detail: Any):
-        self.status = status
-        self.error = error
-        self.detail = detail
-        super().__init__(f"{status} {error}: {detail}")
+    ``with Client(url) as client:`` (or ``client.close()``) releases its connections.
+    """
 
+    def _connect(self, **options: Any) -> httpx.Client:
+        return httpx.Client(**options)
 
-def _file_part(image: ImageInput, default_name: str) -> tuple[str, bytes, str]:
-    if isinstance(image, (bytes, bytearray)):
-        return default_name, bytes(image), "application/octet-stream"
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        return path.name, path.read_bytes(), "application/octet-stream"
-    if hasattr(image, "read"):
-        data = image.read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError("file objects must be opened in binary mode ('rb')")
-        return Path(getattr(image, "name", default_name)).name, bytes(data), "application/octet-stream"
-    raise TypeError(f"cannot send {type(image).__name__} as an image (a path, bytes or a binary file)")
+    def predict(self, image: ImageInput, *, jpeg_quality: int | None = None) -> Prediction:
+        """Label, score and box of the main object of one image; raises a :class:`ClsLocError` subclass.
 
+        ``jpeg_quality`` (1-100) sends a Pillow image or numpy array as JPEG
+        of that quality instead of lossless PNG; other inputs go as they are.
+        """
+        check_jpeg_quality(jpeg_quality)
+        return self._predict(to_upload(image, jpeg_quality=jpeg_quality))
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def predict_many(
+        self, images: Iterable[ImageInput], *, concurrency: int = 8, jpeg_quality: int | None = None
+    ) -> list[Result]:
+        """One result per image, in input order: a :class:`Prediction`, or the :class:`ClsLocError` of that image.
 
+        ``concurrency`` requests are in flight at once; at most twice that many
+        inputs are read ahead, so a long generator is never loaded whole.
+        """
+        return list(self.predict_iter(images, concurrency=concurrency, jpeg_quality=jpeg_quality))
 
-def _read(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        if isinstance(body, dict):
-            raise ClsLocError(response.status_code, str(body.get("error", "error")), body.get("detail", ""))
-        raise ClsLocError(response.status_code, "http_error", response.text[:500])
-    return body if body is not None else response.text
+    def predict_iter(
+        self, images: Iterable[ImageInput], *, concurrency: int = 8, jpeg_quality: int | None = None
+    ) -> Iterator[Result]:
+        """``predict_many`` as a generator: each result as soon as it and all before it are in."""
+        window = check_concurrency(concurrency)
+        check_jpeg_quality(jpeg_quality)
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="clsloc-client") as pool:
+            pending: deque[Future[Result]] = deque()
+            try:
+                for image in images:
+                    pending.append(pool.submit(self._predict_or_error, image, jpeg_quality))
+                    if len(pending) >= window:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:  # stopped early: drop what has not started; the pool waits for the rest
+                for future in pending:
+                    future.cancel()
 
+    def predict_batch(self, images: Iterable[ImageInput], *, jpeg_quality: int | None = None) -> list[Result]:
+        """Several images in one ``/predict_batch`` request: one result per image, in order.
 
-class Client:
-    """Synchronous client. ``api_key`` defaults to the CLSLOC_API_KEY environment variable."""
+        An image the service (or the client) cannot use becomes its error in
+        the list; a refusal of the whole request (401, 413, 503) raises.
+        """
+        batch = Batch(images, jpeg_quality)
+        answer = read_json(self._send("POST", "/predict_batch", files=batch.files)) if batch.files else []
+        return batch.results(answer)
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:3000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        self.api_key = api_key if api_key is not None else os.environ.get("CLSLOC_API_KEY")
-        self._http = httpx.Client(base_url=url, timeout=timeout, transport=transport, headers=_headers(self.api_key))
-
-    def predict(self, image: ImageInput) -> dict:
-        """One image -> {"label", "score", "box": {"x","y","w","h"}, "width", "height", "model"}."""
-        return _read(self._http.post("/predict", files={"image": _file_part(image, "image")}))
-
-    def predict_batch(self, images: Iterable[ImageInput]) -> list[dict]:
-        """Several images -> one result each, in order; a failed image is {"error", "detail", "status"}."""
-        files = [("images", _file_part(im, f"image{i}")) for i, im in enumerate(images)]
-        return _read(self._http.post("/predict_batch", files=files))
-
-    def model_info(self) -> dict:
-        return _read(self._http.get("/model"))
+    def model_info(self) -> dict[str, Any]:
+        """The served model's manifest: classes, input size, preprocessing, validation metrics, parity."""
+        info: dict[str, Any] = read_json(self._send("GET", "/model"))
+        return info
 
     def health(self) -> bool:
-        """True when the service is live and ready."""
+        """True when the service is live and ready (one probe each, no retries)."""
         try:
-            return all(self._http.get(p).status_code == 200 for p in ("/livez", "/readyz"))
+            return all(self._http.get(path).status_code == 200 for path in ("/livez", "/readyz"))
         except httpx.HTTPError:
             return False
 
@@ -94,19 +95,15 @@ class Client:
         ``abort`` is asked between polls; a message from it stops the wait with
         ``RuntimeError`` (e.g. ``lambda: "server exited" if proc.poll() is not None else None``).
         """
-        deadline = time.monotonic() + timeout
+        wait = ReadyWait(self.url, timeout, interval, abort)
         while True:
-            reason = abort() if abort else None
-            if reason:
-                raise RuntimeError(f"{self._http.base_url}: {reason}")
+            wait.check()
             try:
-                if self._http.get("/readyz", timeout=min(2.0, timeout)).status_code == 200:
+                if self._http.get("/readyz", timeout=wait.probe_timeout).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{self._http.base_url} not ready after {timeout:g}s")
-            time.sleep(interval)
+            time.sleep(wait.pause())
 
     def close(self) -> None:
         self._http.close()
@@ -114,50 +111,27 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _predict(self, upload: Upload) -> Prediction:
+        return read_prediction(read_json(self._send("POST", "/predict", files={"image": upload})))
 
-class AsyncClient:
-    """Asynchronous client with the same methods as :class:`Client`, awaited."""
-
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:3000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        self.api_key = api_key if api_key is not None else os.environ.get("CLSLOC_API_KEY")
-        self._http = httpx.AsyncClient(
-            base_url=url, timeout=timeout, transport=transport, headers=_headers(self.api_key)
-        )
-
-    async def predict(self, image: ImageInput) -> dict:
-        return _read(await self._http.post("/predict", files={"image": _file_part(image, "image")}))
-
-    async def predict_batch(self, images: Iterable[ImageInput]) -> list[dict]:
-        files = [("images", _file_part(im, f"image{i}")) for i, im in enumerate(images)]
-        return _read(await self._http.post("/predict_batch", files=files))
-
-    async def model_info(self) -> dict:
-        return _read(await self._http.get("/model"))
-
-    async def health(self) -> bool:
+    def _predict_or_error(self, image: ImageInput, jpeg_quality: int | None) -> Result:
         try:
-            for path in ("/livez", "/readyz"):
-                if (await self._http.get(path)).status_code != 200:
-                    return False
-            return True
-        except httpx.HTTPError:
-            return False
+            return self._predict(to_upload(image, jpeg_quality=jpeg_quality))
+        except ClsLocError as exc:
+            return exc
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, sent again while :class:`Attempts` says it may help."""
+        attempts = Attempts(self.retry)
+        while attempts.again(self._attempt(method, path, kwargs)):
+            time.sleep(attempts.delay)
+        return attempts.response
 
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
+    def _attempt(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response | httpx.RequestError:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.RequestError as exc:
+            return exc

@@ -79,3 +79,8 @@ def test_clsloc_wheel_installs_only_clsloc_with_every_subpackage(tmp_path):
 def test_client_wheel_installs_only_clsloc_client(tmp_path):
     wheel = build_wheel(REPO / "clients", tmp_path / "dist")
     assert installed_top_level(wheel, tmp_path / "venv") == {"clsloc_client"}
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "clsloc_client/py.typed" in names  # type checkers read the SDK's hints only with this marker
+    assert "clsloc-client = clsloc_client.cli:main" in entry_points

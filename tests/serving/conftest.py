@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,55 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> No
         )
 
 
+SERVERS: dict[str, subprocess.Popen] = {}  # url -> the ``clsloc serve`` process of each running server
+
+
+def worker_pids(url: str) -> set[int]:
+    """The worker processes of the server at ``url``: BentoML runs each as a child of ``clsloc serve``.
+
+    A worker that died and was restarted has a new pid: tests compare these
+    sets to tell "still up" from "came back".
+    """
+    import psutil
+
+    children = psutil.Process(SERVERS[url].pid).children()
+    return {child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE}
+
+
+RETRIED_STATUSES = {429, 502, 503, 504}
+
+
+def post_with_retries(http, path: str, files, *, budget: float = 60.0) -> tuple[object, list[tuple[str, float]]]:
+    """POST until answered, as a client with retries does: connection errors and 429/502/503/504 are retried.
+
+    The wait honours ``Retry-After`` when the service sends one, else backs off
+    from 0.1 s. Returns the final response and every attempt as (outcome, seconds).
+    The SDK's own retries (clsloc_client, client issue) follow the same rules.
+    """
+    import httpx
+
+    attempts: list[tuple[str, float]] = []
+    deadline = time.monotonic() + budget
+    while True:
+        started = time.monotonic()
+        try:
+            response = http.post(path, files=files)
+        except httpx.TransportError as exc:
+            attempts.append((type(exc).__name__, time.monotonic() - started))
+            wait = 0.1 * 2 ** min(len(attempts), 4)
+        else:
+            attempts.append((str(response.status_code), time.monotonic() - started))
+            if response.status_code not in RETRIED_STATUSES:
+                return response, attempts
+            wait = float(response.headers.get("retry-after", 0.1 * 2 ** min(len(attempts), 4)))
+        if time.monotonic() + wait > deadline:
+            raise TimeoutError(f"no answer within {budget}s: {attempts}")
+        time.sleep(wait)
+
+
 @contextlib.contextmanager
-def running_server(model: str, *, env: dict | None = None, log: Path | None = None):
-    """``clsloc serve MODEL`` on a free loopback port; always stopped (whole process group)."""
+def running_server(model: str, *, env: dict | None = None, log: Path | None = None, args: tuple[str, ...] = ()):
+    """``clsloc serve MODEL [ARGS]`` on a free loopback port; always stopped (whole process group)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = log or (_TMP / f"server-{port}.log")
@@ -112,7 +159,7 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
     (home / "models").symlink_to(store, target_is_directory=True)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "clsloc.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO,
             env={**os.environ, "BENTOML_HOME": str(home), **(env or {})},
             stdout=out,
@@ -124,8 +171,10 @@ def running_server(model: str, *, env: dict | None = None, log: Path | None = No
             wait_ready(url, process)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; server log:\n{log.read_text()[-3000:]}") from None
+        SERVERS[url] = process
         yield url
     finally:
+        SERVERS.pop(url, None)
         stop_server(process)
 
 

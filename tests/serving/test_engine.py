@@ -107,6 +107,7 @@ def test_refuses_input_size_that_disagrees_with_preprocessing(tmp_path):
 
     from clsloc.manifest import Manifest
     from clsloc.preprocess import Preprocessing
+    from clsloc.training.export import export_onnx
 
     class Fixed(torch.nn.Module):
         def forward(self, x):
@@ -114,15 +115,7 @@ def test_refuses_input_size_that_disagrees_with_preprocessing(tmp_path):
             return flat[:, :3], torch.sigmoid(flat[:, :4])
 
     model_dir = tmp_path / "fixed"
-    model_dir.mkdir()
-    torch.onnx.export(
-        Fixed(),
-        (torch.zeros(1, 3, 64, 64),),
-        str(model_dir / "model.onnx"),
-        input_names=["image"],
-        output_names=["logits", "boxes"],
-        dynamo=False,
-    )
+    export_onnx(Fixed(), model_dir / "model.onnx", (64, 64))
     Manifest("fixed", "1", ["a", "b", "c"], Preprocessing(size=(96, 96)), "none").save(model_dir)
     with pytest.raises(EngineError, match="input height is 64 in the graph but 96 in the manifest"):
         Engine(model_dir)

@@ -92,40 +92,63 @@ def test_export_ships_validation_images_of_each_class_as_samples(exported, tiny_
             assert image.format == "JPEG" and image.size == original.size  # small synthetic images stay as they are
 
 
-def test_tf_same_padding_is_exported_as_constants_that_onnxruntime_folds(exported, tmp_path):
+def test_tf_same_padding_is_exported_as_constant_conv_pads(exported, tmp_path):
     """Lite's stride-2 convs pad from the input shape at run time; exported that way, onnxruntime
-    could not fold the Pads nor lay the graph out for its fast kernels (measured 1.6x slower)."""
+    could neither fold the Pads nor lay the graph out for its fast kernels. The exporter fixes H and W,
+    so each TF-"same" pad is a constant inside its Conv: no Pad, Shape or Ceil in the file, nor after
+    onnxruntime's own optimizations."""
     import collections
 
     import onnx
     import onnxruntime as ort
+    from onnx import helper
 
     out, _ = exported
-    ops = collections.Counter(n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node)
-    assert ops["Pad"] == 5 and ops["Shape"] == 0 and ops["Ceil"] == 0  # Lite0's five strided convs, constant pads
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert ops["Pad"] == 0 and ops["Shape"] == 0 and ops["Ceil"] == 0
+    convs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in graph.node if n.op_type == "Conv"]
+    strided = [c for c in convs if c["strides"] == [2, 2]]
+    assert len(strided) == 5  # Lite0's five strided convs...
+    for conv in strided:  # ...each with TF's asymmetric "same" pads (one more after than before) inside the Conv
+        top, left, bottom, right = conv["pads"]
+        assert (bottom - top, right - left) == (1, 1), conv
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
     optimized = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-    assert optimized["Pad"] == 0 and optimized["Conv"] == ops["Conv"]  # every Pad folded into its Conv
+    assert optimized["Pad"] == 0 and optimized["Shape"] == 0 and optimized["Conv"] == ops["Conv"]
 
 
 @pytest.mark.parametrize("size", [(64, 64), (65, 71)])
-def test_static_same_padding_computes_what_timm_computes(size):
+def test_exported_tf_same_convolutions_compute_what_timm_computes(size, tmp_path):
+    """Odd sizes pad differently at each side: the constant pads must be timm's, not a symmetric guess."""
+    import onnxruntime as ort
     import torch
     from timm.layers import Conv2dSame
     from torch import nn
 
-    from clsloc.training.export import static_same_padding
+    from clsloc.training.export import export_onnx
+
+    class TwoOutputs(nn.Module):  # the exporter's graph contract: (logits, boxes)
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU(), Conv2dSame(8, 8, 5, stride=2, groups=8))
+
+        def forward(self, x):
+            y = self.net(x)
+            return y.flatten(1), y.mean((2, 3))
 
     torch.manual_seed(0)
-    net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU(), Conv2dSame(8, 8, 5, stride=2, groups=8)).eval()
-    fixed = static_same_padding(net, size)
-    assert not any(isinstance(m, Conv2dSame) for m in fixed.modules())
-    assert any(isinstance(m, Conv2dSame) for m in net.modules())  # the original is left as it was
-    x = torch.randn(2, 3, *size)
+    net = TwoOutputs().eval()
+    export_onnx(net, tmp_path / "same.onnx", size)
+    x = torch.randn(3, 3, *size)
+    session = ort.InferenceSession(str(tmp_path / "same.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
-        torch.testing.assert_close(fixed(x), net(x), rtol=0, atol=1e-6)
+        want = net(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=0, atol=1e-5)
 
 
 def test_exported_model_serves_any_batch_size_and_agrees_with_pytorch(exported, tiny_run):
@@ -160,31 +183,65 @@ def test_parity_failure_fails_the_export_with_the_numbers(tiny_run, tmp_path, mo
     assert not (tmp_path / "m" / "manifest.json").exists() and not (tmp_path / "m" / "model.onnx").exists()
 
 
-def test_int8_is_refused_with_both_numbers_when_it_loses_accuracy(tiny_run, tmp_path, monkeypatch):
+def test_int8_is_refused_with_both_numbers_and_the_command_passes_its_options(tiny_run, tmp_path, monkeypatch, capsys):
+    from clsloc.cli import main
     from clsloc.training import export
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", -1.0)  # any int8 model "loses" against this
-    with pytest.raises(export.ExportError) as refused:
-        export.export_run(tiny_run, tmp_path / "m", int8=True, calibration_images=8, log=lambda *_: None)
-    message = str(refused.value)
-    assert "int8 refused" in message and "fp32: n=" in message and "int8: n=" in message
+    code = main(
+        ["export", str(tiny_run), "--out", str(tmp_path / "m"), "--int8", "--calibration-images", "4",
+         "--int8-views", "2", "--int8-calibration", "minmax", "--int8-reduce-range", "off",
+         "--int8-keep-fp32", "model.bn1", "--int8-debug"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "int8 refused" in err and "fp32: n=" in err and "int8: n=" in err
     kept = Manifest.load(tmp_path / "m")
     assert kept.precision == "fp32" and "onnx_int8" in kept.metrics
+    assert kept.extra["int8"]["gate"]["accepted"] is False
+    assert not (tmp_path / "m" / "model.int8.onnx").exists()
+    settings = kept.extra["int8"]["settings"]
+    assert settings["calibration"] == "minmax" and settings["reduce_range"] is False
+    assert settings["calibration_inputs"] == 8 and settings["keep_fp32"] == ["model.bn1"]
+    assert "own dB" in out and "accumulated" in out  # --int8-debug: the per-layer table in the log
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--int8", "--int8-views", "0"]) == 2
+    assert "at least 1 image and 1 view" in capsys.readouterr().err
 
 
-def test_int8_is_kept_within_tolerance_and_is_really_quantized(tiny_run, tmp_path, monkeypatch):
+def test_int8_is_kept_within_tolerance_with_its_agreement_and_settings(tiny_run, tmp_path, monkeypatch):
     import onnx
 
     from clsloc.serving.engine import Engine
     from clsloc.training import export
+    from clsloc.training.int8 import Int8Options
 
     monkeypatch.setattr(export, "INT8_TOLERANCE", 1.0)
-    manifest = export.export_run(tiny_run, tmp_path / "m", int8=True, calibration_images=8, log=lambda *_: None)
+    lines = []
+    options = Int8Options(images=8, views=2, reduce_range=True)
+    manifest = export.export_run(tiny_run, tmp_path / "m", int8=True, int8_options=options, log=lines.append)
     assert manifest.precision == "int8"
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "m" / "model.onnx")).graph.node}
+    graph = onnx.load(str(tmp_path / "m" / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert any("backbone" in name for name in dequantized)
+    assert not any("cls_head" in name or "box_head" in name for name in dequantized)  # the heads read fp32 weights
+    assert not any("conv_stem" in name or ".blocks.0." in name for name in dequantized)  # stem, first block: fp32
+    assert any(".blocks.1." in name for name in dequantized)
     assert not (tmp_path / "m" / "model.int8.onnx").exists()
     assert Engine(tmp_path / "m", threads=1).classes == manifest.classes
+
+    gate, settings = manifest.extra["int8"]["gate"], manifest.extra["int8"]["settings"]
+    agreement = gate["agreement"]
+    assert agreement["images"] == manifest.metrics["onnx_int8"]["n"] > 0
+    assert 0 <= agreement["top1_agreement"] <= 1 and 0 <= agreement["min_box_iou_to_fp32"] <= 1
+    fp, q = manifest.metrics["onnx"], manifest.metrics["onnx_int8"]
+    assert gate["drops"]["accuracy"] == pytest.approx(fp["accuracy"] - q["accuracy"])
+    assert settings["reduce_range"] is True and settings["calibration_inputs"] == 16
+    assert settings["calibration"] == "percentile" and settings["quantize"] == ["backbone"]
+    log = "\n".join(lines)
+    assert "top-1 agreement" in log and "box IoU to fp32" in log and "reduce_range=True (given)" in log
 
 
 def test_bentoml_option_stores_model_with_manifest_metadata(exported):

@@ -9,7 +9,7 @@ import oracle
 import pytest
 from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
 
-from clsloc_client import AsyncClient, Client, ClsLocError
+from clsloc_client import AsyncClient, BadImage, Client, ClsLocError
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +24,15 @@ def test_sync_client_against_the_real_server(live_server, tmp_path):
         with open(path, "rb") as f:
             by_file = client.predict(f)
         assert by_path == by_bytes == by_file
-        assert by_path["label"] == "red" and abs(by_path["box"]["x"] - 40) < 3
+        assert by_path.label == "red" and abs(by_path.box.x - 40) < 3
         info = client.model_info()
         assert info["classes"] == oracle.CLASSES and info["name"] == "oracle"
 
 
 def test_client_raises_typed_errors_with_status_and_detail(live_server):
-    with Client(live_server) as client, pytest.raises(ClsLocError) as caught:
+    with Client(live_server) as client, pytest.raises(BadImage) as caught:
         client.predict(b"definitely not an image")
-    assert caught.value.status == 400
+    assert isinstance(caught.value, ClsLocError) and caught.value.status == 400
     assert caught.value.error == "not_an_image"
     assert "not a recognizable image" in caught.value.detail
 
@@ -41,8 +41,8 @@ def test_batch_over_http_keeps_order(live_server):
     images = [oracle.object_image(label, (10 + 20 * i, 10, 40, 40)) for i, label in enumerate(["blue", "red", "green"])]
     with Client(live_server) as client:
         results = client.predict_batch([images[0], b"", images[1], io.BytesIO(images[2])])
-    assert [r.get("label") for r in results] == ["blue", None, "red", "green"]
-    assert results[1]["error"] == "empty"
+    assert [getattr(r, "label", None) for r in results] == ["blue", None, "red", "green"]
+    assert isinstance(results[1], BadImage) and results[1].error == "empty"
 
 
 def test_async_client_concurrent_requests(live_server):
@@ -60,8 +60,8 @@ def test_async_client_concurrent_requests(live_server):
             return answers, batch
 
     answers, batch = asyncio.run(main())
-    assert [a["label"] for a in answers] == labels
-    assert [b[0]["label"] for b in batch] == labels  # adaptive batching merges requests, answers stay with theirs
+    assert [a.label for a in answers] == labels
+    assert [b[0].label for b in batch] == labels  # adaptive batching merges requests, answers stay with theirs
 
 
 def test_metrics_endpoint_of_the_real_server(live_server):
@@ -78,7 +78,7 @@ def test_access_log_lines_for_requests_never_for_probes(oracle_dir, tmp_path, ac
     log = tmp_path / "server.log"
     with running_server(str(oracle_dir), env={"CLSLOC_ACCESS_LOG": access_log}, log=log) as url, Client(url) as client:
         client.wait_ready(30)
-        assert client.predict(oracle.object_image("red", (10, 10, 40, 40)))["label"] == "red"
+        assert client.predict(oracle.object_image("red", (10, 10, 40, 40))).label == "red"
     text = log.read_text()
     assert "path=/readyz" not in text  # polled above and by the start-up wait
     assert ("path=/predict" in text) == (access_log == "1"), text[-2000:]

@@ -10,7 +10,7 @@ from clsloc.serving.settings import Settings
 def test_defaults():
     settings = Settings.from_env({})
     assert settings.max_bytes == 20 * 1024 * 1024 and settings.api_key is None and settings.workers == 1
-    assert settings.max_batch == 8 and settings.access_log is True
+    assert settings.max_batch == 8 and settings.access_log is True and settings.max_queue == 32
     assert settings.max_request_bytes > settings.max_bytes  # room for the multipart envelope
 
 
@@ -25,9 +25,10 @@ def test_overrides():
             "CLSLOC_MAX_PIXELS": "5e6",
             "CLSLOC_MAX_BATCH": "4",
             "CLSLOC_ACCESS_LOG": "off",
+            "CLSLOC_MAX_QUEUE": "5",
         }
     )
-    assert settings.access_log is False
+    assert settings.access_log is False and settings.max_queue == 5
     assert (
         settings.model,
         settings.max_bytes,
@@ -45,6 +46,7 @@ def test_overrides():
         ("CLSLOC_MAX_BYTES", "lots", "is not a number"),
         ("CLSLOC_WORKERS", "0", "must be positive"),
         ("CLSLOC_MAX_BATCH", "0", "must be positive"),
+        ("CLSLOC_MAX_QUEUE", "-1", "must be positive"),
         ("CLSLOC_ACCESS_LOG", "maybe", "is not one of"),
     ],
 )

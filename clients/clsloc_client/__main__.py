@@ -1,0 +1,3 @@
+from clsloc_client.cli import main
+
+raise SystemExit(main())
