@@ -256,3 +256,34 @@ def test_a_broken_model_fails_before_any_output_is_written(oracle_dir, tmp_path,
     assert score(broken, tmp_path / "in", "--out", tmp_path / "rows.jsonl") == 1
     assert "missing field(s)" in capsys.readouterr().err
     assert not list(tmp_path.glob("rows.*"))
+
+
+def test_the_bad_input_corpus_gives_every_file_its_row(oracle_dir, tmp_path):
+    """tests/corpus.py through ``clsloc score``: a refusal is an error row naming the problem, the rest are scored."""
+    import corpus
+
+    max_bytes = 1_000_000  # keeps the over-byte-limit file small; every other case is far below it
+    cases = {}
+    (tmp_path / "in").mkdir()
+    for case in corpus.image_cases(max_bytes=max_bytes):
+        path = tmp_path / "in" / f"{case.name}.bin"  # the extension says nothing: the bytes decide
+        path.write_bytes(case.data)
+        cases[str(path)] = case
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(cases) + "\n")
+    out = tmp_path / "rows.jsonl"
+    assert score(oracle_dir, listing, "--out", out, "--max-bytes", max_bytes) == 0
+
+    rows = rows_by_path(out)
+    assert sorted(rows) == sorted(cases)  # no file dropped, none scored twice
+    for path, case in cases.items():
+        row = rows[path]
+        if case.error:
+            assert row["status"] == case.error and case.detail in row["detail"], (case.name, row)
+            assert row["label"] is None
+            continue
+        assert row["status"] == "ok", (case.name, row)
+        assert (row["width"], row["height"]) == case.size, (case.name, row)
+        if case.red_box:  # the box in pixels of the image as displayed (EXIF orientation applied)
+            assert row["label"] == "red", (case.name, row)
+            assert all(abs(row[k] - v) <= 3 for k, v in zip("xywh", corpus.RED_BOX)), (case.name, row)
