@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from clsloc.datasets import POLICIES
@@ -77,6 +79,35 @@ def job_options(args: argparse.Namespace, out: Path, *, desc: str) -> ScoreOptio
     if args.max_pixels:
         options.max_pixels = args.max_pixels
     return options
+
+
+def run_reporting_errors(command: str, body: Callable[[], int], *, rows: Path | None) -> int:
+    """``body()``, with the errors that end a job as one line on stderr and the exit status docs/scoring.md lists.
+
+    2: nothing to do as asked (inputs, output, model not found, training run); 1: the model cannot run;
+    130: interrupted (``rows``, when the user named an output, keeps what was written).
+    """
+    from clsloc.runs import RunError
+    from clsloc.serving.engine import EngineError
+    from clsloc.serving.scoring.inputs import InputError
+    from clsloc.serving.scoring.sinks import OutputError
+    from clsloc.serving.store import ModelNotFound
+
+    try:
+        return body()
+    except (InputError, OutputError, ModelNotFound, RunError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"{command}: making the default model failed ({exc})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        kept = f"; the rows written are in {rows}: add --resume to continue" if rows else ""
+        print(f"{command}: interrupted{kept}", file=sys.stderr)
+        return 130
 
 
 def warn(message: str) -> None:

@@ -14,12 +14,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from clsloc.serving.scoring.cli_common import MODEL_HELP, add_job_arguments, job_options, print_inputs_warnings, warn
+from clsloc.serving.scoring.cli_common import (
+    MODEL_HELP,
+    add_job_arguments,
+    job_options,
+    print_inputs_warnings,
+    run_reporting_errors,
+    warn,
+)
 
 COMPARED = ("n", "accuracy", "balanced_accuracy", "mean_iou", "loc_accuracy", "gt_known_loc_accuracy")
 
@@ -83,31 +89,17 @@ def compare_with_manifest(metrics: dict, manifest_metrics: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    from clsloc.runs import RunError
-    from clsloc.serving.engine import EngineError
-    from clsloc.serving.scoring.inputs import InputError
-    from clsloc.serving.scoring.sinks import OutputError, output_format
-    from clsloc.serving.store import ModelNotFound
+    from clsloc.serving.scoring.sinks import output_format
 
     scratch = None if args.out else tempfile.mkdtemp(prefix="clsloc-evaluate-")
     out = args.out or Path(scratch, "rows.jsonl")
-    try:
+
+    def job() -> int:
         output_format(out)
-        inputs = collect_inputs(args)
-        return evaluate(args, inputs, out)
-    except (InputError, OutputError, ModelNotFound, RunError) as exc:
-        print(f"clsloc evaluate: {exc}", file=sys.stderr)
-        return 2
-    except EngineError as exc:
-        print(f"clsloc evaluate: {exc}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as exc:
-        print(f"clsloc evaluate: making the default model failed ({exc})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        kept = f"; the rows written are in {out}: add --resume to continue" if args.out else ""
-        print(f"clsloc evaluate: interrupted{kept}", file=sys.stderr)
-        return 130
+        return evaluate(args, collect_inputs(args), out)
+
+    try:
+        return run_reporting_errors("clsloc evaluate", job, rows=args.out)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from clsloc.serving.scoring.cli_common import (
@@ -22,6 +20,7 @@ from clsloc.serving.scoring.cli_common import (
     job_options,
     print_inputs_warnings,
     print_result,
+    run_reporting_errors,
 )
 
 
@@ -51,35 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    return run_reporting_errors("clsloc score", lambda: score_job(args), rows=args.out)
+
+
+def score_job(args: argparse.Namespace) -> int:
     from clsloc.metrics import format_table
-    from clsloc.serving.engine import EngineError
     from clsloc.serving.scoring import inputs as inputs_module
     from clsloc.serving.scoring.job import resolve_model_dir, score, write_metrics
-    from clsloc.serving.scoring.sinks import OutputError, output_format
-    from clsloc.serving.store import ModelNotFound
+    from clsloc.serving.scoring.sinks import output_format
 
-    try:
-        output_format(args.out)
-        inputs = inputs_module.collect(
-            args.inputs, images_only=args.images_only, policy=args.policy, progress=not args.quiet
-        )
-        model_dir, pinned = resolve_model_dir(args.model)
-        print_inputs_warnings(inputs)
-        result = score(model_dir, pinned, inputs, job_options(args, args.out, desc="scoring"))
-    except (inputs_module.InputError, OutputError, ModelNotFound) as exc:
-        print(f"clsloc score: {exc}", file=sys.stderr)
-        return 2
-    except EngineError as exc:
-        print(f"clsloc score: {exc}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as exc:
-        print(f"clsloc score: making the default model failed ({exc})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"clsloc score: interrupted; the rows written are in {args.out}: add --resume to continue", file=sys.stderr
-        )
-        return 130
+    output_format(args.out)
+    inputs = inputs_module.collect(
+        args.inputs, images_only=args.images_only, policy=args.policy, progress=not args.quiet
+    )
+    model_dir, pinned = resolve_model_dir(args.model)
+    print_inputs_warnings(inputs)
+    result = score(model_dir, pinned, inputs, job_options(args, args.out, desc="scoring"))
     print_result(result)
     metrics_path = write_metrics(args.out, result, inputs)
     if metrics_path is not None:
