@@ -8,10 +8,11 @@ service's modules; + the model's session; after one image; after batches of
 8 (/predict's micro-batches); after batches of 16 (/predict_batch's chunks);
 after every batch size 1-16 (onnxruntime plans memory per input shape); after
 a steady load (photos decoded on 4 threads, one onnxruntime run at a time, as
-a worker does). Variants: onnxruntime's CPU memory arena on or off.
+a worker does). Variants: onnxruntime's CPU memory arena on or off, its memory
+patterns on or off.
 
 Part 2, the real thing: ``clsloc serve MODEL_DIR`` with each combination of
-``CLSLOC_ORT_ARENA`` and ``MALLOC_ARENA_MAX`` (16 is glibc's own bound on 2
+``CLSLOC_ORT_ARENA``, ``CLSLOC_ORT_MEM_PATTERN`` and ``MALLOC_ARENA_MAX`` (16 is glibc's own bound on 2
 cores), the worker's RSS when ready, after /predict at concurrency 8 and after
 /predict_batch of 16 photos, and the img/s of each load, so a saving is never
 bought with speed unnoticed.
@@ -37,13 +38,18 @@ from results import add_json_flag, save  # noqa: E402 - benchmarks/results.py, b
 
 # name -> onnxruntime SessionOptions attributes (part 1)
 VARIANTS = {
-    "arena on (onnxruntime's default)": {"enable_cpu_mem_arena": True},
+    "arena on, memory patterns on (onnxruntime's defaults)": {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
+    "arena on, patterns off (clsloc's defaults)": {"enable_cpu_mem_arena": True, "enable_mem_pattern": False},
     "arena off": {"enable_cpu_mem_arena": False},
 }
 # name -> environment of `clsloc serve` (part 2)
 SERVED = {
-    "arena on, MALLOC_ARENA_MAX=16 (glibc's own bound)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "16"},
-    "arena on, MALLOC_ARENA_MAX=2 (the defaults)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "2"},
+    "arena on, patterns on, MALLOC_ARENA_MAX=2": {"CLSLOC_ORT_MEM_PATTERN": "1", "MALLOC_ARENA_MAX": "2"},
+    "arena on, patterns off, MALLOC_ARENA_MAX=16 (glibc's own bound)": {
+        "CLSLOC_ORT_ARENA": "1",
+        "MALLOC_ARENA_MAX": "16",
+    },
+    "arena on, patterns off, MALLOC_ARENA_MAX=2 (the defaults)": {"CLSLOC_ORT_ARENA": "1", "MALLOC_ARENA_MAX": "2"},
     "arena off, MALLOC_ARENA_MAX=16": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "16"},
     "arena off, MALLOC_ARENA_MAX=2": {"CLSLOC_ORT_ARENA": "0", "MALLOC_ARENA_MAX": "2"},
 }

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": ("clsloc.training.cv", "k-fold cross-validation of the training recipe"),
     "export": ("clsloc.training.export", "export a training run to ONNX + manifest, parity-checked"),
     "serve": ("clsloc.serving.cli", "serve a model over HTTP (BentoML + onnxruntime)"),
+    "score": ("clsloc.serving.scoring.score_cli", "score images in batch: one row per image (local or Ray)"),
+    "evaluate": ("clsloc.serving.scoring.evaluate_cli", "metrics of a model on labelled datasets, and an HTML report"),
 }
 
 

@@ -113,25 +113,48 @@ def _display_name(source, name: str | None) -> str | None:
     return getattr(source, "name", None) if isinstance(getattr(source, "name", None), str) else None
 
 
+def _check_file(path: Path, file: str | None, max_bytes: int | None) -> int:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError("missing", file, "file not found") from None
+    except OSError as exc:
+        raise ImageError("missing", file, f"cannot read file ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ImageError("not_an_image", file, "is a directory, not an image file")
+    if size == 0:
+        raise ImageError("empty", file, "file is empty (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise ImageError("too_large", file, f"file is {size} bytes, more than the limit of {max_bytes}")
+    return size
+
+
+def check_file(path: str | os.PathLike, *, name: str | None = None, max_bytes: int | None = None) -> int:
+    """What the file system alone tells about an image file -> its size in bytes.
+
+    The checks :func:`decode_image` makes on a path before it reads a byte:
+    missing (or unreadable), a directory, empty, more than ``max_bytes``;
+    each an :class:`ImageError` with the same kind and message. Batch scoring
+    on Ray runs them where the list of files is made, so a file that could
+    only fail is never shipped to a worker.
+    """
+    file = _display_name(path, name)
+    size = _check_file(Path(path), file, max_bytes)
+    if not os.access(path, os.R_OK):
+        raise ImageError("missing", file, "cannot read file (Permission denied)")
+    return size
+
+
 def _open_stream(source, file: str | None, max_bytes: int | None) -> BinaryIO:
     """Whatever the caller has -> a seekable binary stream, with empty/missing/too-large refused."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = source
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        _check_file(Path(source), file, max_bytes)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ImageError("missing", file, "file not found") from None
-        except OSError as exc:
+            return open(source, "rb")
+        except OSError as exc:  # e.g. no read permission: the stat above cannot tell
             raise ImageError("missing", file, f"cannot read file ({exc.strerror or exc})") from None
-        if path.is_dir():
-            raise ImageError("not_an_image", file, "is a directory, not an image file")
-        if size == 0:
-            raise ImageError("empty", file, "file is empty (0 bytes)")
-        if max_bytes is not None and size > max_bytes:
-            raise ImageError("too_large", file, f"file is {size} bytes, more than the limit of {max_bytes}")
-        return open(path, "rb")
     elif hasattr(source, "read"):
         # With a byte limit, read one byte past it and stop: an endless upload never sits in memory whole.
         data = source.read() if max_bytes is None else source.read(max_bytes + 1)

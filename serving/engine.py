@@ -90,6 +90,10 @@ def session_options(threads: int | None = None):
     # Without the arena every run allocates (and page-faults) its buffers afresh: less memory, slower
     # runs (benchmarks/memory.py measures both).
     options.enable_cpu_mem_arena = env_flag(os.environ, "CLSLOC_ORT_ARENA", True)
+    # Memory patterns are planned per input shape, and each shape's plan keeps its own block in the
+    # arena. The service and batch scoring run every batch size up to their bound, so with patterns the
+    # arena holds a block per size; without them the arena reuses its chunks across sizes.
+    options.enable_mem_pattern = env_flag(os.environ, "CLSLOC_ORT_MEM_PATTERN", False)
     return options
 
 

@@ -15,6 +15,7 @@ CLSLOC_WORKERS             BentoML worker processes                             
 CLSLOC_REQUIRE_GPU         1: refuse to start without the CUDA provider         unset
 CLSLOC_ACCESS_LOG          0: no log line per request (health probes never)     1
 CLSLOC_ORT_ARENA           0: no onnxruntime CPU arena (less memory, slower)    1
+CLSLOC_ORT_MEM_PATTERN     1: onnxruntime memory patterns (a block per shape)   0
 =========================  ==================================================  =========
 """
 

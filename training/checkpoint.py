@@ -14,15 +14,13 @@ from pathlib import Path
 
 import torch
 
+# The torch-free part of a run directory lives in the core (clsloc evaluate reads splits without torch).
+from clsloc.runs import SPLIT_FILE, RunError, load_split  # noqa: F401  (load_split re-exported for training)
+
 CONFIG_FILE = "config.json"
 RECIPE_FILE = "config.yaml"  # the training options alone: clsloc train --config RUN_DIR/config.yaml repeats the run
-SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used (missing or inconsistent files)."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -89,24 +87,3 @@ def write_split(run_dir: str | Path, train_records, val_records, config: dict) -
             "val": [str(r.image) for r in val_records],
         },
     )
-
-
-def load_split(run_dir: str | Path):
-    """-> (train_records, val_records) of a run, re-read from its datasets."""
-    from clsloc.datasets import load_dataset
-
-    path = Path(run_dir) / SPLIT_FILE
-    if not path.is_file():
-        raise RunError(f"{path}: missing — is {run_dir} a training run directory?")
-    split = json.loads(path.read_text())
-    paths = list(split["datasets"]) + list(split.get("val_datasets") or [])
-    records = load_dataset(paths, policy=split.get("policy", "largest")).records
-    by_path = {str(Path(r.image).resolve()): r for r in records}
-
-    def pick(names: list[str], role: str):
-        missing = [n for n in names if str(Path(n).resolve()) not in by_path]
-        if missing:
-            raise RunError(f"{path}: {len(missing)} {role} image(s) no longer in the datasets, e.g. {missing[0]}")
-        return [by_path[str(Path(n).resolve())] for n in names]
-
-    return pick(split["train"], "training"), pick(split["val"], "validation")

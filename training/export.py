@@ -366,6 +366,14 @@ def export_run(
     return manifest
 
 
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value if item is not None]
+    return value
+
+
 def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None = None) -> str:
     """Copy an exported model into the BentoML store as NAME:VERSION (the manifest's version).
 
@@ -378,8 +386,9 @@ def store_in_bentoml(model_dir: str | Path, name: str, manifest: Manifest | None
 
     model_dir = Path(model_dir)
     manifest = dataclasses.replace(manifest or Manifest.load(model_dir), name=name)
-    # JSON round trip: BentoML metadata accepts plain JSON-like values only.
-    metadata = json.loads(json.dumps(manifest.to_dict()))
+    # JSON round trip: BentoML metadata accepts plain JSON-like values only, and no None (a metric with no
+    # images, e.g. an empty breakdown bin, is left out there; the stored manifest.json keeps it).
+    metadata = _without_nulls(json.loads(json.dumps(manifest.to_dict())))
     with bentoml.models.create(
         f"{name}:{manifest.version}",
         module="clsloc",

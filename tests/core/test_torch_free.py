@@ -72,6 +72,11 @@ def test_clsloc_and_serving_import_without_torch():
         "clsloc.metrics",
         "clsloc.synth",
         "clsloc.data_cli",
+        "clsloc.runs",
+        "clsloc.serving.scoring.score_cli",
+        "clsloc.serving.scoring.evaluate_cli",
+        "clsloc.serving.scoring.ray_runner",
+        "clsloc.serving.scoring.report",
     ):
         assert module in report["modules"], report
     assert "clsloc.serving" in report["modules"], report["failures"]

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import oracle
 import pytest
+from chromium import ARGS, CHROMIUM, require_chromium
 from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 @pytest.fixture(scope="module")
 def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
