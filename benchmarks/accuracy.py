@@ -55,42 +55,22 @@ def mean_box_baseline(splits) -> dict:
     return summarize(rows)
 
 
-# Box size as a share of the image area, as ``clsloc evaluate``'s report will group it (issue 18): an
-# object whose box spans less than a third of each side is small, two thirds or more large.
-SIZE_SHARES = (1 / 9, 4 / 9)
-
-
-def size_group(record) -> str:
-    x0, y0, x1, y1 = record.box
-    share = (x1 - x0) * (y1 - y0) / (record.width * record.height)
-    return "small" if share < SIZE_SHARES[0] else "medium" if share < SIZE_SHARES[1] else "large"
-
-
 def breakdown(predictions: list[dict], records, classes) -> dict:
-    """Every held-out prediction (pooled over the folds) scored by group (``clsloc.metrics``): single- vs
-    multi-object images, each class, and the target box's size -> {group: {n, accuracy, mean_iou, loc_accuracy}}."""
+    """Every held-out prediction (pooled over the folds) in ``clsloc.metrics``' report, by group: single vs
+    several objects, each class, the target box's size -> {group: {n, accuracy, mean_iou, loc_accuracy, ...}}."""
     import numpy as np
 
     from clsloc.metrics import evaluate_records
 
     by_image = {str(r.image): r for r in records}
-    pairs = [(by_image[p["image"]], p) for p in predictions]
-    groups: dict[str, list] = {"all": pairs}
-    for name, keep in [
-        ("single object", lambda r: len(r.objects) == 1),
-        ("several objects", lambda r: len(r.objects) > 1),
-        *[(f"class {c}", lambda r, c=c: r.label == c) for c in classes],
-        *[(f"{size} box", lambda r, size=size: size_group(r) == size) for size in ("small", "medium", "large")],
-    ]:
-        groups[name] = [(r, p) for r, p in pairs if keep(r)]
-    table = {}
-    for name, members in groups.items():
-        if members:
-            recs, preds = zip(*members)
-            boxes = np.array([p["box"] for p in preds], dtype=np.float64)
-            report = evaluate_records(recs, [p["label"] for p in preds], boxes, classes)
-            table[name] = {"n": len(recs), **{k: report[k] for k in KEYS}}
-    return table
+    recs = [by_image[p["image"]] for p in predictions]
+    boxes = np.array([p["box"] for p in predictions], dtype=np.float64)
+    report = evaluate_records(recs, [p["label"] for p in predictions], boxes, classes)
+    groups = {"all": report, "single object": report["by_objects"]["single"]}
+    groups["several objects"] = report["by_objects"]["multi"]
+    groups.update({f"class {c}": r for c, r in report["per_class"].items()})
+    groups.update({f"{size} box": r for size, r in report["by_box_size"].items()})
+    return {name: {"n": r["n"], **{k: r[k] for k in KEYS}} for name, r in groups.items() if r["n"]}
 
 
 def format_breakdown(name: str, table: dict) -> str:
