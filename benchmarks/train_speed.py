@@ -152,8 +152,7 @@ def main() -> int:
             forward,
             loader,
             optimizer,
-            box_kind=config.box_loss,
-            box_weight=config.box_weight,
+            **config.loss_options(),
             device=device,
             progress=False,
             prefetch=prefetch,
@@ -168,7 +167,7 @@ def main() -> int:
         start = time.perf_counter()
         for _ in range(args.batches):
             logits, boxes = forward(x)
-            loss = compute_loss(logits, boxes, y, b, box_kind=config.box_loss, box_weight=config.box_weight).total
+            loss = compute_loss(logits, boxes, y, b, **config.loss_options()).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -6,8 +6,10 @@ kinds are easy to tell apart for a frozen ImageNet backbone while the boxes
 still have to be found:
 
 * image sizes vary (96-320 px each side, any aspect ratio);
-* objects vary in size (25-80 % of the shorter side), aspect ratio
-  (0.6-1.6), position, and about one in five touches one or two borders;
+* objects vary in size (25-80 % of the shorter side by default; ``object_scale``
+  sets the range: ``PHOTO_SCALE`` makes them as large as in the shared photos,
+  where the main object fills about half the image), aspect ratio (0.6-1.6),
+  position, and about one in five touches one or two borders;
 * backgrounds are cluttered: a random two-colour gradient, pixel noise and
   small distractor strokes and blobs.
 
@@ -50,6 +52,8 @@ KINDS = (
     Kind("pentagon", (130, 80, 40), "dots"),
 )
 MIN_SIDE, MAX_SIDE = 96, 320
+OBJECT_SCALE = (0.25, 0.8)  # object side / shorter image side
+PHOTO_SCALE = (0.5, 1.0)  # about the shared photos' spread (objects of half to all of the image)
 
 
 def _regular(n: int, rotation: float = -math.pi / 2) -> list[tuple[float, float]]:
@@ -156,14 +160,16 @@ def _background(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def draw_example(index: int, classes: int, seed: int = 0) -> tuple[Image.Image, str, tuple[int, int, int, int]]:
+def draw_example(
+    index: int, classes: int, seed: int = 0, object_scale: tuple[float, float] = OBJECT_SCALE
+) -> tuple[Image.Image, str, tuple[int, int, int, int]]:
     """Image ``index`` of the dataset: (RGB image, class name, 0-based pixel xyxy box)."""
     rng = np.random.default_rng([seed, index])
     kind = KINDS[index % classes]
     w, h = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
     image = _background(w, h, rng)
 
-    side = rng.uniform(0.25, 0.8) * min(w, h)
+    side = rng.uniform(*object_scale) * min(w, h)
     aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
     bw = int(np.clip(round(side * math.sqrt(aspect)), 12, w))
     bh = int(np.clip(round(side / math.sqrt(aspect)), 12, h))
@@ -200,7 +206,15 @@ def _voc_xml(filename: str, width: int, height: int, label: str, box: tuple[int,
     return tree
 
 
-def write_synthetic_voc(out, images: int = 200, classes: int = 3, seed: int = 0, *, progress: bool = False) -> Path:
+def write_synthetic_voc(
+    out,
+    images: int = 200,
+    classes: int = 3,
+    seed: int = 0,
+    *,
+    object_scale: tuple[float, float] = OBJECT_SCALE,
+    progress: bool = False,
+) -> Path:
     """Write ``out/images/*.jpg`` and ``out/annotations/*.xml``; returns ``out``."""
     if not 1 <= classes <= len(KINDS):
         raise ValueError(f"classes must be between 1 and {len(KINDS)}, got {classes}")
@@ -215,7 +229,7 @@ def write_synthetic_voc(out, images: int = 200, classes: int = 3, seed: int = 0,
 
         indices = progress_bar(indices, desc="synth", unit="img")
     for i in indices:
-        image, label, box = draw_example(i, classes, seed)
+        image, label, box = draw_example(i, classes, seed, object_scale)
         name = f"synth_{i:05d}"
         image.save(out / "images" / f"{name}.jpg", quality=92)
         _voc_xml(f"{name}.jpg", image.width, image.height, label, box).write(out / "annotations" / f"{name}.xml")

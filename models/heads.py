@@ -7,6 +7,14 @@ expectation of a softmax over N evenly spaced positions (as in GFL's
 distribution heads). Trained
 with L2 (MSE) on the corners by default.
 
+Both start from the same uninformed answer, the centred box of half the
+image side (:data:`PRIOR_BOX`): the sigmoid head because sigmoid(0) = 0.5
+for centre and size, the binned head because its last layer's bias is set
+so (:func:`tilted_logits`). Without that the binned head's softmax starts
+uniform, every corner at 0.5, a box of no size at the centre whose L2 is
+several times that of any reasonable constant box (the lecture's first
+babysitting check, ``clsloc train --sanity``, fails on it).
+
 Where the box head attaches is a choice (``docs/benchmarks.md`` compares both):
 on the spatial feature map (``attach="map"``) it keeps *where* features fired;
 on pooled features (``attach="pooled"``) that information is averaged away.
@@ -17,6 +25,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.ops import box_convert
+
+PRIOR_BOX = (0.25, 0.25, 0.75, 0.75)  # normalized xyxy: centred, half the image side
+
+
+def tilted_logits(positions: torch.Tensor, mean: float) -> torch.Tensor:
+    """Logits ``t * positions`` whose softmax has expectation ``mean`` over ``positions``.
+
+    Of all distributions over the bins with that mean, this exponential tilt is
+    the one of maximum entropy: it commits to the mean and to nothing else, so
+    every bin still gets gradient, as from a uniform start.
+    """
+    positions = positions.double()
+    low, high = -1e3, 1e3  # the mean grows monotonically with t: bisect
+    for _ in range(100):
+        t = 0.5 * (low + high)
+        if float((torch.softmax(t * positions, 0) * positions).sum()) < mean:
+            low = t
+        else:
+            high = t
+    return (0.5 * (low + high) * positions).float()
 
 
 class ClassificationHead(nn.Module):
@@ -74,6 +102,13 @@ class BoxHead(nn.Module):
         )
         if bins:
             self.register_buffer("positions", torch.linspace(0.0, 1.0, bins), persistent=False)
+            self.start_at_prior()
+
+    @torch.no_grad()
+    def start_at_prior(self) -> None:
+        """Set the binned head's last bias so an untrained head answers :data:`PRIOR_BOX`."""
+        corner = torch.stack([tilted_logits(self.positions, float(v)) for v in PRIOR_BOX])  # (4, bins)
+        self.mlp[-1].bias.copy_(corner.repeat(self.num_boxes, 1).flatten())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.mlp(self.reduce(features))

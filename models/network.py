@@ -9,6 +9,7 @@ from clsloc.boxes import mirror_boxes
 from clsloc.models.backbones import get_backbone, trunk_stages
 from clsloc.models.frozen import fold_batchnorm, fold_constant_norms, rng_devices
 from clsloc.models.heads import BoxHead, ClassificationHead
+from clsloc.models.refine import from_window, refine_windows, window_resampler
 from clsloc.preprocess import Preprocessing
 
 
@@ -19,6 +20,11 @@ class ClsLocNet(nn.Module):
     the frozen backbone's features once and train the heads on them;
     ``forward_trunk`` / ``forward_top`` split the same way at any trunk stage,
     so fine-tuning can cache what its frozen bottom computes.
+
+    In eval mode ``forward`` is the model as exported: with ``flip_tta`` each
+    look averages the image and its mirror; with ``refine_context`` > 0 a
+    second look at a window around the first box refines it
+    (``clsloc.models.refine``).
     """
 
     def __init__(
@@ -35,6 +41,7 @@ class ClsLocNet(nn.Module):
         preprocessing: Preprocessing | None = None,
         box_bins: int = 0,
         flip_tta: bool = False,
+        refine_context: float = 0.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -43,6 +50,7 @@ class ClsLocNet(nn.Module):
             channels, map_size, num_classes if per_class else 1, attach, dropout=dropout, bins=box_bins
         )
         self.flip_tta = flip_tta
+        self.refine_context = refine_context
         self.num_classes = num_classes
         self.per_class = per_class
         self.attach = attach
@@ -98,7 +106,18 @@ class ClsLocNet(nn.Module):
         return self.forward_heads(self.forward_trunk(activations, start))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.flip_tta and not self.training:
+        if self.training:
+            return self.forward_heads(self.forward_features(x))
+        logits, boxes = self._look(x)
+        if self.refine_context:
+            # The class is the whole image's; the box is the closer look's, mapped back to the image.
+            windows = refine_windows(select_boxes(logits, boxes), self.refine_context)
+            _, closer = self._look(window_resampler(x, windows))
+            boxes = from_window(closer, windows)
+        return logits, boxes
+
+    def _look(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flip_tta:
             return self._forward_flip_tta(x)
         return self.forward_heads(self.forward_features(x))
 
@@ -146,6 +165,7 @@ def build_model(
     input_size: int | None = None,
     box_bins: int = 0,
     flip_tta: bool = False,
+    refine_context: float = 0.0,
 ) -> ClsLocNet:
     """Build a ClsLocNet. ``input_size`` overrides the backbone's (small sizes make fast tests)."""
     if num_classes < 2:
@@ -169,4 +189,5 @@ def build_model(
         preprocessing=preprocessing,
         box_bins=box_bins,
         flip_tta=flip_tta,
+        refine_context=refine_context,
     )

@@ -59,6 +59,7 @@ def model_from_config(config: dict):
         input_size=int(config["preprocessing"]["size"][0]),
         box_bins=config.get("box_bins", 0),
         flip_tta=config.get("tta", False),
+        refine_context=config.get("refine_context", 0.0),
     )
 
 

@@ -28,6 +28,7 @@ BOX_LOSSES = ("mse", "smooth_l1", "giou")
 LR_SCHEDULES = ("cosine", "step", "none")
 MONITORS = ("mean_iou", "loc_accuracy", "accuracy", "loss")
 POLICIES = ("largest", "first", "skip")
+BOX_TARGETS = ("nearest", "policy")
 GROUPS = ("data", "model", "schedule", "runtime")
 
 
@@ -59,6 +60,13 @@ class TrainConfig:
     )
     val_split: float = option(0.2, "stratified hold-out fraction", "data")
     policy: str = option("largest", "training target in multi-object images", "data", choices=POLICIES)
+    box_target: str = option(
+        "policy",
+        "the box the box loss is taken against in images with several boxes of the class: nearest = the "
+        "one nearest the prediction (evaluation scores the best-matching box), policy = --policy's",
+        "data",
+        choices=BOX_TARGETS,
+    )
     seed: int = option(0, "seed of the split, the initialization and every epoch's random draws", "data")
     # -- model
     backbone: str = option("efficientnet_lite0", "efficientnet_lite0/1/2 or a torchvision classifier", "model")
@@ -79,6 +87,13 @@ class TrainConfig:
         True,
         "predict on the image and its mirror and average both (the final report, export and serving; "
         "per-epoch validation runs the plain model, at half the cost)",
+        "model",
+    )
+    refine_context: float = option(
+        1.25,
+        "refining pass: look again at a square window of this many times the first box's longer side "
+        "around it and regress the box there (0 = one pass; the final report, export and serving; "
+        "it doubles the cost of a prediction)",
         "model",
     )
     # -- schedule
@@ -123,6 +138,12 @@ class TrainConfig:
         0.5, "stage 2: probability of placing the image on a larger grey canvas (makes objects smaller)", "schedule"
     )
     zoom_out_max: float = option(2.0, "largest canvas side / image side", "schedule")
+    context_crop_p: float = option(
+        0.0,
+        "probability of cropping, instead, the window a refining pass looks at (--refine-context x the box, "
+        "around the box moved and scaled as a first pass might find it): stage 2 and the augmented cached views",
+        "schedule",
+    )
     cache_views: int = option(
         8,
         "stage 1: cached feature views per training image (1 as is, 2 + mirror, more + augmented copies); "
@@ -152,6 +173,7 @@ class TrainConfig:
             (self.monitor in MONITORS, "monitor", self.monitor, MONITORS),
             (self.attach in ("map", "pooled"), "attach", self.attach, ("map", "pooled")),
             (self.policy in ("largest", "first", "skip"), "policy", self.policy, ("largest", "first", "skip")),
+            (self.box_target in BOX_TARGETS, "box_target", self.box_target, BOX_TARGETS),
         ]
         for ok, name, value, known in checks:
             if not ok:
@@ -176,11 +198,19 @@ class TrainConfig:
             )
         if self.box_bins < 0 or self.box_bins == 1:
             raise ValueError(f"option box_bins={self.box_bins} must be 0 (sigmoid head) or >= 2")
+        if not 0.0 <= self.context_crop_p <= 1.0:
+            raise ValueError(f"option context_crop_p={self.context_crop_p} must be in [0, 1]")
+        if self.refine_context and self.refine_context < 1.0:
+            raise ValueError(f"option refine_context={self.refine_context} must be 0 (off) or >= 1")
         if self.weight_decay < 0 or self.box_weight < 0 or not 0 <= self.dropout < 1:
             raise ValueError("weight_decay and box_weight must be >= 0, dropout in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def loss_options(self) -> dict:
+        """The box loss's keyword arguments (``clsloc.training.engine``: compute_loss, train_one_epoch, evaluate)."""
+        return {"box_kind": self.box_loss, "box_weight": self.box_weight, "box_target": self.box_target}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

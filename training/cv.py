@@ -67,8 +67,14 @@ def cross_validate(
     splits=None,
     store=None,
     features=None,
+    also: dict[str, dict] | None = None,
 ) -> dict:
-    """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}."""
+    """Train and score each fold; -> {"folds": [...], "mean": {...}, "std": {...}, ...}.
+
+    ``also``: {name: {model attribute: value}}: each fold's trained model is also scored with
+    those attributes set (e.g. ``{"refine 2": {"refine_context": 2.0}}``: the same weights with a
+    refining pass), -> ``summary["also"][name]``, with its own folds, mean and std.
+    """
     from clsloc.training.features import FeatureCache
     from clsloc.training.fit import fit
 
@@ -77,7 +83,8 @@ def cross_validate(
     store = store or image_store(config)
     features = features if features is not None else FeatureCache()
     fold_config = replace(config, patience=0)  # the held-out fold must not stop or pick anything
-    rows = []
+    rows, predictions = [], []
+    also_rows: dict[str, list] = {name: [] for name in also or {}}
     for i, split in enumerate(splits, 1):
         run = Path(out) / f"fold{i}" if out else None
         result = fit(
@@ -98,18 +105,46 @@ def cross_validate(
             "seconds": round(result.seconds, 1),
         }
         rows.append(row)
+        predictions += [{"fold": i, **p} for p in result.metrics["predictions"]]
+        for name, attributes in (also or {}).items():
+            report = score_with(result.model, attributes, split, store, fold_config)
+            also_rows[name].append({"fold": i, **{k: report[k] for k in KEYS}, "predictions": report["predictions"]})
         log(f"fold {i}/{len(splits)}: " + "  ".join(f"{k} {row[k]:.3f}" for k in KEYS) + f"  ({row['seconds']:.0f}s)")
     summary = {
-        "folds": rows,
+        **summarize(rows),
         "k": len(rows),
-        "mean": {k: float(np.mean([r[k] for r in rows])) for k in KEYS},
-        "std": {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in KEYS},
         "config": config.to_dict(),
         "model_selection": "last epoch of each fold (no early stopping on the held-out fold)",
+        "predictions": predictions,  # every held-out image's label and pixel xyxy box, for breakdowns
     }
+    if also:
+        summary["also"] = {name: summarize(rows) for name, rows in also_rows.items()}
     if out:
         write_json(Path(out) / "cv.json", summary)
     return summary
+
+
+def score_with(model, attributes: dict, split, store, config: TrainConfig) -> dict:
+    """``model`` scored on ``split.val`` (``training.fit.score``) with ``attributes`` set for the while."""
+    from clsloc.training.fit import score
+
+    before = {name: getattr(model, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(model, name, value)
+    try:
+        return score(model, split.val, store, split.classes, config, next(model.parameters()).device)
+    finally:
+        for name, value in before.items():
+            setattr(model, name, value)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Fold rows -> {"folds", "mean", "std"} of KEYS."""
+    return {
+        "folds": rows,
+        "mean": {k: float(np.mean([r[k] for r in rows])) for k in KEYS},
+        "std": {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in KEYS},
+    }
 
 
 def format_summary(summary: dict) -> str:

@@ -18,7 +18,11 @@ torchvision's own kernels.
 
 Boxes travel as ``tv_tensors.BoundingBoxes`` through ``transforms.v2``, so a
 flip or crop moves the box with the pixels. The crop never cuts the target
-object: it always contains the whole target box.
+object: it always contains the whole target box. Every other box of the
+target's class travels with it (clipped by the crop, left out once nothing
+of it is in view): training may take the box loss against the nearest one
+(``--box-target``). A dataset item's boxes are ``(M, 4)``, the target first,
+rows of NaN filling up to the most any of the dataset's images has (``pad_boxes``).
 
 A batch is augmented in two halves (``draw``, ``apply``): every random number
 first, on the calling thread and in the order one image after the other
@@ -35,7 +39,7 @@ import os
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +53,15 @@ from torchvision.transforms.v2.functional._color import _blend, _rgb_to_grayscal
 from clsloc.boxes import mirror_boxes
 from clsloc.datasets import Record, load_dataset, stratified_split
 from clsloc.images import decode_image
+from clsloc.models.refine import refine_windows
 from clsloc.preprocess import Preprocessing
 
 log = logging.getLogger("clsloc.train")
 
 AUGMENT_SIDE_FACTOR = 1.5
+# A first pass's box as the refining pass's training windows assume it: centre off by up to this share
+# of the box's size, size off by up to this factor (either way).
+CONTEXT_SHIFT, CONTEXT_SCALE = 0.15, 1.25
 
 
 class DataError(ValueError):
@@ -139,11 +147,37 @@ def prepare_splits(datasets: list[str], val: list[str], val_split: float, seed: 
 # -- decoded images in memory ---------------------------------------------------------
 
 
+def _no_boxes() -> np.ndarray:
+    return np.zeros((0, 4), dtype=np.float32)
+
+
 @dataclass
 class Sample:
     fixed: np.ndarray  # uint8 (H, W, 3) at the network input size (Preprocessing.resize_image)
     large: np.ndarray  # uint8 (h, w, 3), aspect kept, for augmentation
     box: np.ndarray  # normalized xyxy of the training target
+    others: np.ndarray = field(default_factory=_no_boxes)  # (K, 4): the other boxes of the target's class
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(1 + K, 4): the target's box, then the others."""
+        return np.concatenate([self.box[None], self.others])
+
+
+def box_slots(records: list[Record]) -> int:
+    """Rows of boxes per item of a dataset of ``records``: the most boxes of its class any image has."""
+    return max((len(r.label_boxes_normalized) for r in records), default=1)
+
+
+def pad_boxes(boxes: np.ndarray, slots: int) -> np.ndarray:
+    """(M, 4) normalized xyxy -> (slots, 4) float32: boxes with no area left (cropped away) and the
+    rows up to ``slots`` are NaN, which the loss reads as "no box here"."""
+    out = np.full((slots, 4), np.nan, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[:slots]
+    visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    visible[0] = True  # the target is always there (the crop keeps it whole)
+    out[: len(boxes)][visible] = boxes[visible]
+    return out
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -186,8 +220,8 @@ class ImageStore:
             scale = max_side / max(h, w)
             new = (max(1, round(w * scale)), max(1, round(h * scale)))
             rgb = np.array(Image.fromarray(rgb).resize(new, Image.Resampling.BILINEAR))
-        box = np.clip(np.asarray(record.box_normalized, dtype=np.float32), 0.0, 1.0)
-        return Sample(fixed=fixed, large=np.ascontiguousarray(rgb), box=box)
+        boxes = np.clip(np.asarray(record.label_boxes_normalized, dtype=np.float32), 0.0, 1.0)
+        return Sample(fixed=fixed, large=np.ascontiguousarray(rgb), box=boxes[0], others=boxes[1:])
 
     def load(self, records: list[Record]) -> None:
         todo = [r for r in records if str(r.image) not in self._samples]
@@ -220,19 +254,23 @@ class RandomCropContaining(v2.Transform):
     without the risk of RandomIoUCrop cutting the object away.
     """
 
-    def __init__(self, min_scale: float = 0.4, p: float = 0.8):
+    def __init__(self, min_scale: float = 0.4, p: float = 0.8, *, context_p: float = 0.0, context: float = 2.0):
         super().__init__()
         self.min_scale = min_scale
         self.p = p
+        self.context_p = context_p
+        self.context = context
 
     def make_params(self, flat_inputs: list) -> dict:
         boxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
         height, width = boxes.canvas_size
-        if torch.rand(()) >= self.p:
-            return {"top": 0, "left": 0, "height": height, "width": width}
         x1, y1, x2, y2 = [float(v) for v in boxes.reshape(-1, 4)[0]]
         x1, x2 = max(0.0, min(x1, x2)), min(float(width), max(x1, x2))
         y1, y2 = max(0.0, min(y1, y2)), min(float(height), max(y1, y2))
+        if self.context_p and float(torch.rand(())) < self.context_p:  # no draw at all when off
+            return self._context_window(width, height, (x1, y1, x2, y2))
+        if torch.rand(()) >= self.p:
+            return {"top": 0, "left": 0, "height": height, "width": width}
 
         def window(size: int, lo: float, hi: float) -> tuple[int, int]:
             need = max(1, math.ceil(hi) - math.floor(lo))
@@ -249,20 +287,46 @@ class RandomCropContaining(v2.Transform):
         top, h = window(height, y1, y2)
         return {"top": top, "left": left, "height": h, "width": w}
 
+    def _context_window(self, width: int, height: int, box: tuple[float, float, float, float]) -> dict:
+        """What the refining pass looks at (``clsloc.models.refine.refine_windows``) around the box as a
+        first pass might have put it: its centre moved by up to ``CONTEXT_SHIFT`` of its size, its size
+        scaled by up to ``CONTEXT_SCALE``; widened where needed to keep the whole box."""
+        x1, y1, x2, y2 = box
+        shift = (torch.rand(2) * 2 - 1) * CONTEXT_SHIFT
+        scale = math.exp((float(torch.rand(())) * 2 - 1) * math.log(CONTEXT_SCALE))
+        cx, cy = (x1 + x2) / 2 + float(shift[0]) * (x2 - x1), (y1 + y2) / 2 + float(shift[1]) * (y2 - y1)
+        half_w, half_h = scale * (x2 - x1) / 2, scale * (y2 - y1) / 2
+        guess = torch.tensor(
+            [[(cx - half_w) / width, (cy - half_h) / height, (cx + half_w) / width, (cy + half_h) / height]]
+        )
+        wx0, wy0, wx1, wy1 = refine_windows(guess, self.context)[0].tolist()
+        left, right = min(math.floor(wx0 * width), math.floor(x1)), max(math.ceil(wx1 * width), math.ceil(x2))
+        top, bottom = min(math.floor(wy0 * height), math.floor(y1)), max(math.ceil(wy1 * height), math.ceil(y2))
+        left, top = max(0, left), max(0, top)
+        return {"top": top, "left": left, "height": min(height, bottom) - top, "width": min(width, right) - left}
+
     def transform(self, inpt, params: dict):
         return self._call_kernel(F.crop, inpt, **params)
 
 
 def train_transform(
-    crop_p: float = 0.5, crop_scale: float = 0.7, zoom_out_p: float = 0.0, zoom_out_max: float = 2.0
+    crop_p: float = 0.5,
+    crop_scale: float = 0.7,
+    zoom_out_p: float = 0.0,
+    zoom_out_max: float = 2.0,
+    context_p: float = 0.0,
+    context: float = 2.0,
 ) -> v2.Compose:
     """The geometric part: crop that keeps the object, flip (boxes move with the pixels).
 
     The crop is mild on purpose: zooming in on the object makes boxes larger than
     validation ever sees them, and the box head learns that prior (a stronger crop
-    gave a clearly lower validation mean IoU on the shared photos).
+    gave a clearly lower validation mean IoU on the shared photos). With a refining
+    pass, validation does see closer views: ``context_p`` of the crops are the
+    window it looks at (``context`` x the box, around a box as a first pass finds it).
     """
-    steps = [RandomCropContaining(min_scale=crop_scale, p=crop_p), v2.RandomHorizontalFlip(p=0.5)]
+    crop = RandomCropContaining(min_scale=crop_scale, p=crop_p, context_p=context_p, context=context)
+    steps = [crop, v2.RandomHorizontalFlip(p=0.5)]
     if zoom_out_p > 0:
         # Grey (127: about 0 after normalization) canvas around the image: smaller objects than the photos have.
         steps.append(
@@ -285,7 +349,11 @@ class Draw:
     sample: Sample
     steps: list  # (geometric transform, its params; None where a random-apply transform skipped)
     colour: dict  # the colour jitter's params
-    box: np.ndarray  # normalized xyxy of the target after the geometric steps
+    boxes: np.ndarray  # (1 + K, 4) normalized xyxy after the geometric steps: the target's, then the others
+
+    @property
+    def box(self) -> np.ndarray:
+        return self.boxes[0]
 
 
 def _drawn(transform: v2.Transform, boxes: tv_tensors.BoundingBoxes):
@@ -311,7 +379,7 @@ def draw(sample: Sample, geometric, colour: v2.ColorJitter | None = None) -> Dra
     """The random half of an augmentation: every draw from torch's global RNG, in the order the
     transforms would make them on the image (geometric steps, then the colour jitter's)."""
     h, w = sample.large.shape[:2]
-    box_px = torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32)).reshape(1, 4)
+    box_px = torch.as_tensor(sample.boxes * np.array([w, h, w, h], dtype=np.float32)).reshape(-1, 4)
     boxes = tv_tensors.BoundingBoxes(box_px, format="XYXY", canvas_size=(h, w))
     steps = []
     for transform in geometric.transforms if isinstance(geometric, v2.Compose) else [geometric]:
@@ -319,8 +387,8 @@ def draw(sample: Sample, geometric, colour: v2.ColorJitter | None = None) -> Dra
         steps.append((transform, params))
     colour_params = colour.make_params([]) if colour is not None else {}  # ColorJitter looks at no input
     out_h, out_w = boxes.canvas_size
-    box = boxes.reshape(4).numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32)
-    return Draw(sample, steps, colour_params, np.clip(box, 0.0, 1.0).astype(np.float32))
+    out = boxes.reshape(-1, 4).numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32)
+    return Draw(sample, steps, colour_params, np.clip(out, 0.0, 1.0).astype(np.float32))
 
 
 def _fill_of(transform: v2.RandomZoomOut):
@@ -393,8 +461,8 @@ def jitter_colour(rgb: np.ndarray, params: dict) -> np.ndarray:
 
 def apply(drawn: Draw, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """The pixel half (no random numbers, so a batch of it may run on threads in any order):
-    -> (float32 CHW network input, normalized xyxy box)."""
-    return pre.normalize(jitter_colour(pre.resize_image(warp(drawn)), drawn.colour)), drawn.box
+    -> (float32 CHW network input, (1 + K, 4) normalized xyxy boxes, the target's first)."""
+    return pre.normalize(jitter_colour(pre.resize_image(warp(drawn)), drawn.colour)), drawn.boxes
 
 
 def augment(sample: Sample, transform) -> tuple[np.ndarray, np.ndarray]:
@@ -408,11 +476,11 @@ def applied(drawn: list[Draw], store: ImageStore):
     return store.map(lambda d: apply(d, store.pre), drawn)
 
 
-def as_items(records: list[Record], class_index: dict[str, int], indices: list[int], outs) -> list:
-    """(input, box) pairs -> the datasets' items: (input tensor, class index, box tensor)."""
+def as_items(records: list[Record], class_index: dict[str, int], indices: list[int], outs, slots: int) -> list:
+    """(input, boxes) pairs -> the datasets' items: (input tensor, class index, (slots, 4) boxes)."""
     return [
-        (torch.from_numpy(x), class_index[records[i].label], torch.from_numpy(box))
-        for i, (x, box) in zip(indices, outs)
+        (torch.from_numpy(x), class_index[records[i].label], torch.from_numpy(pad_boxes(boxes, slots)))
+        for i, (x, boxes) in zip(indices, outs)
     ]
 
 
@@ -426,7 +494,8 @@ class FixedDataset(torch.utils.data.Dataset):
     itself, 1 its mirror image, 2 and up one augmented copy each (crop, flip,
     colour) drawn from a seed of (view, file name) — the same copy every time,
     so features computed once stay valid. ``crop`` is the augmented views'
-    (probability, smallest side) of the object-keeping crop.
+    (probability, smallest side) of the object-keeping crop, and optionally
+    (probability, context) of the refining pass's window (``train_transform``).
     """
 
     def __init__(
@@ -435,12 +504,16 @@ class FixedDataset(torch.utils.data.Dataset):
         store: ImageStore,
         class_index: dict[str, int],
         view: int = 0,
-        crop: tuple[float, float] | None = None,
+        crop: tuple[float, ...] | None = None,
     ):
         self.records, self.store, self.class_index, self.view = records, store, class_index, view
+        self.slots = box_slots(records)
         # The augmented views crop as --crop-p / --crop-scale say (None: train_transform's defaults). Zoom-out
         # stays a stage-2 augmentation: the defaults were measured with stage-1 views without it.
-        self.transform = train_transform(*(crop or ())) if view >= 2 else None
+        crop_p, crop_scale, context_p, context = (*(crop or (0.5, 0.7)), 0.0, 2.0)[:4]
+        self.transform = (
+            train_transform(crop_p, crop_scale, context_p=context_p, context=context) if view >= 2 else None
+        )
         self.colour = colour_transform()
 
     def __len__(self) -> int:
@@ -461,15 +534,15 @@ class FixedDataset(torch.utils.data.Dataset):
             outs = applied(drawn, self.store)
         else:
             outs = map(self._plain, indices)
-        return as_items(self.records, self.class_index, indices, outs)
+        return as_items(self.records, self.class_index, indices, outs, self.slots)
 
     def _plain(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.store[self.records[i]]
-        rgb, box = sample.fixed, sample.box
+        rgb, boxes = sample.fixed, sample.boxes
         if self.view == 1:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
-            box = mirror_boxes(box)
-        return self.store.pre.normalize(rgb), box
+            boxes = mirror_boxes(boxes)
+        return self.store.pre.normalize(rgb), boxes
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
@@ -479,6 +552,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         self, records: list[Record], store: ImageStore, class_index: dict[str, int], transform=None, colour=None
     ):
         self.records, self.store, self.class_index = records, store, class_index
+        self.slots = box_slots(records)
         self.transform = transform or train_transform()
         self.colour = colour or colour_transform()
 
@@ -494,4 +568,4 @@ class AugmentedDataset(torch.utils.data.Dataset):
         cores augment faster than one, with the same numbers)."""
         drawn = [draw(self.store[self.records[i]], self.transform, self.colour) for i in indices]
         # the same resize and normalize as serving (Preprocessing), colour jitter in between
-        return as_items(self.records, self.class_index, indices, applied(drawn, self.store))
+        return as_items(self.records, self.class_index, indices, applied(drawn, self.store), self.slots)

@@ -24,6 +24,7 @@ from clsloc.boxes import denormalize_boxes, paired_iou
 from clsloc.metrics import evaluate_records
 from clsloc.models import select_boxes
 from clsloc.progress import progress_bar
+from clsloc.training.data import box_slots, pad_boxes
 
 # -- loss ------------------------------------------------------------------------------
 
@@ -55,17 +56,43 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tenso
     raise ValueError(f"unknown box loss {kind!r}")
 
 
+def chosen_targets(pred: torch.Tensor, targets: torch.Tensor, box_target: str = "policy") -> torch.Tensor:
+    """The box each prediction is trained against: (N, 4) predictions, targets (N, 4) or (N, M, 4)
+    (the image's boxes of its class, the policy's first, NaN rows for none) -> (N, 4).
+
+    ``policy``: the first (``--policy``'s choice, e.g. the largest). ``nearest``: the one nearest
+    the prediction in L2 over the corners (the box loss's own distance). The evaluation scores a
+    box against the best-matching ground truth (the ILSVRC rule), so a head that finds one of
+    several kangaroos is right; trained against the largest only, it is pulled towards a box
+    between them. The choice is a selection, not a path for gradients.
+    """
+    if targets.dim() == 2:
+        return targets
+    if box_target == "policy" or targets.shape[1] == 1:
+        return targets[:, 0]
+    with torch.no_grad():
+        distance = torch.nan_to_num(((pred.detach().unsqueeze(1) - targets) ** 2).sum(-1), nan=float("inf"))
+        nearest = distance.argmin(1)
+    return targets[torch.arange(len(targets), device=targets.device), nearest]
+
+
 @dataclass
 class LossParts:
     total: torch.Tensor
     cls: torch.Tensor
     box: torch.Tensor
+    target: torch.Tensor  # (N, 4): the box each prediction was trained against
 
 
-def compute_loss(logits, boxes, labels, targets, *, box_kind: str, box_weight: float) -> LossParts:
+def compute_loss(
+    logits, boxes, labels, targets, *, box_kind: str, box_weight: float, box_target: str = "policy"
+) -> LossParts:
+    """CE + box_weight x box loss; ``targets`` (N, 4), or (N, M, 4) with ``box_target`` choosing (``chosen_targets``)."""
     cls = F.cross_entropy(logits.float(), labels)
-    box = box_loss(target_boxes(boxes.float(), labels), targets.float(), box_kind)
-    return LossParts(cls + box_weight * box, cls, box)
+    pred = target_boxes(boxes.float(), labels)
+    target = chosen_targets(pred, targets.float(), box_target)
+    box = box_loss(pred, target, box_kind)
+    return LossParts(cls + box_weight * box, cls, box, target)
 
 
 def l2_penalty(params) -> torch.Tensor:
@@ -180,12 +207,12 @@ class _Tally:
         self.iou_sum = 0.0
 
     @torch.no_grad()
-    def add(self, loss_value: float, parts: LossParts, logits, boxes, labels, targets) -> None:
+    def add(self, loss_value: float, parts: LossParts, logits, boxes, labels) -> None:
         n = len(labels)
         self.sums += n * np.array([loss_value, float(parts.cls.detach()), float(parts.box.detach())])
         self.correct += int((logits.argmax(1) == labels).sum())
         pred = select_boxes(logits, boxes).float().cpu().numpy()
-        self.iou_sum += float(paired_iou(pred, targets.cpu().numpy()).sum())
+        self.iou_sum += float(paired_iou(pred, parts.target.cpu().numpy()).sum())
         self.seen += n
 
     def finish(self, stats: EpochStats) -> None:
@@ -204,6 +231,7 @@ def train_one_epoch(
     box_kind: str,
     box_weight: float,
     device: torch.device,
+    box_target: str = "policy",
     scaler=None,
     scheduler=None,
     desc: str = "train",
@@ -230,7 +258,9 @@ def train_one_epoch(
         labels, targets = labels.to(device), targets.to(device)
         with torch.autocast(device.type, enabled=use_amp):
             logits, boxes = forward(x)
-            parts = compute_loss(logits, boxes, labels, targets, box_kind=box_kind, box_weight=box_weight)
+            parts = compute_loss(
+                logits, boxes, labels, targets, box_kind=box_kind, box_weight=box_weight, box_target=box_target
+            )
         if batches is not None:
             batches.fetch_next()  # after the forward's random draws (dropout), as a plain loop would draw them
         optimizer.zero_grad(set_to_none=True)
@@ -254,7 +284,7 @@ def train_one_epoch(
         ratio.after_step()
         if scheduler is not None:
             scheduler.step()
-        tally.add(loss_value, parts, logits, boxes, labels, targets)
+        tally.add(loss_value, parts, logits, boxes, labels)
         bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
     if batches is not None:
@@ -282,18 +312,44 @@ def predict(forward, loader, device: torch.device, *, amp: bool = False) -> tupl
     return torch.cat(all_logits).numpy(), torch.cat(all_boxes).numpy(), torch.cat(all_raw).numpy()
 
 
-def evaluate(forward, loader, records, classes, device, *, box_kind: str, box_weight: float, amp: bool = False) -> dict:
-    """Validation report from ``clsloc.metrics`` (the one definition), plus the validation loss."""
+def evaluate(
+    forward,
+    loader,
+    records,
+    classes,
+    device,
+    *,
+    box_kind: str,
+    box_weight: float,
+    box_target: str = "policy",
+    amp: bool = False,
+    keep_predictions: bool = False,
+) -> dict:
+    """Validation report from ``clsloc.metrics`` (the one definition), plus the validation loss.
+    ``keep_predictions``: also each image's predicted label and pixel xyxy box (``"predictions"``, in
+    ``records``' order), for breakdowns computed later."""
     logits, boxes, raw = predict(forward, loader, device, amp=amp)
     labels = torch.tensor([classes.index(r.label) for r in records])
-    targets = torch.from_numpy(np.stack([np.asarray(r.box_normalized, dtype=np.float32) for r in records]))
+    slots = box_slots(records)
+    targets = torch.from_numpy(np.stack([pad_boxes(r.label_boxes_normalized, slots) for r in records]))
     parts = compute_loss(
-        torch.from_numpy(logits), torch.from_numpy(raw), labels, targets, box_kind=box_kind, box_weight=box_weight
+        torch.from_numpy(logits),
+        torch.from_numpy(raw),
+        labels,
+        targets,
+        box_kind=box_kind,
+        box_weight=box_weight,
+        box_target=box_target,
     )
     pred_labels = [classes[i] for i in logits.argmax(1)]
     boxes_px = np.stack([denormalize_boxes(np.clip(b, 0, 1), r.width, r.height) for b, r in zip(boxes, records)])
     report = evaluate_records(records, pred_labels, boxes_px, classes)
     report["loss"] = float(parts.total)
+    if keep_predictions:
+        report["predictions"] = [
+            {"image": str(r.image), "label": label, "box": [round(float(v), 2) for v in box]}
+            for r, label, box in zip(records, pred_labels, boxes_px)
+        ]
     return report
 
 

@@ -122,11 +122,17 @@ class FeatureCache:
             )
             for stop, ds in zip(stops, outs):
                 for r, f, b in zip(todo, ds.tensors[0], ds.tensors[2]):
-                    self._cache[key(r, stop)] = (f.clone(), b.clone())
+                    self._cache[key(r, stop)] = (f.clone(), b[: len(r.label_boxes_normalized)].clone())
         feats = torch.stack([self._cache[key(r, depth)][0] for r in records])
-        boxes = torch.stack([self._cache[key(r, depth)][1] for r in records])
+        boxes = stack_boxes([self._cache[key(r, depth)][1] for r in records])
         labels = torch.tensor([class_index[r.label] for r in records])
         return torch.utils.data.TensorDataset(feats, labels, boxes)
+
+
+def stack_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image (M_i, 4) boxes -> (N, max M_i, 4), NaN rows filling up (``training.data.pad_boxes``)."""
+    slots = max(len(b) for b in boxes)
+    return torch.stack([torch.cat([b, b.new_full((slots - len(b), 4), float("nan"))]) for b in boxes])
 
 
 class CachedViews(torch.utils.data.Dataset):

@@ -126,6 +126,7 @@ class FitResult:
     best: dict
     seconds: float
     exploded: bool = False
+    model: torch.nn.Module | None = None  # the kept weights, in eval mode as exported
 
 
 @dataclass
@@ -188,11 +189,8 @@ class Run:
 
     def evaluate(self, forward, loader) -> dict:
         """The validation report (``clsloc.metrics``) and loss of ``forward`` over ``loader``."""
-        config = self.config
-        return evaluate(
-            forward, loader, self.splits.val, self.classes, self.device,
-            box_kind=config.box_loss, box_weight=config.box_weight, amp=self.amp,
-        )  # fmt: skip
+        loss = self.config.loss_options()
+        return evaluate(forward, loader, self.splits.val, self.classes, self.device, **loss, amp=self.amp)
 
     def save_last(self, optimizer, scheduler, scaler) -> None:
         save_checkpoint(
@@ -248,9 +246,9 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     model = model_for(config, len(splits.classes), input_size=input_size)
-    # Per-epoch validation runs the plain model (the mirror pass would double its cost); the final
-    # report runs the model as exported, with test-time augmentation when the config asks for it.
-    model.flip_tta = False
+    # Per-epoch validation runs the plain model (the mirror pass and the refining pass would double its
+    # cost each); the final report runs the model as exported, with both when the config asks for them.
+    model.flip_tta, model.refine_context = False, 0.0
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # the conv trunk runs faster so on a CPU
@@ -295,7 +293,7 @@ def fit(
     metrics = final_report(run, started)
     if write:
         write_outputs(run, metrics, full_config)
-    return FitResult(run_dir, metrics, run.state.history, run.state.best, metrics["seconds"])
+    return FitResult(run_dir, metrics, run.state.history, run.state.best, metrics["seconds"], model=model)
 
 
 def restore(run: Run) -> None:
@@ -305,7 +303,10 @@ def restore(run: Run) -> None:
     run.state = RunState.from_checkpoint(run.checkpoint)
     if run.write:  # drop lines a killed run appended after its last checkpoint
         (run.run_dir / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in run.state.history))
-    if (run.run_dir / "best.pt").exists():
+    best = run.state.best
+    if best and (best["stage"], best["epoch"]) == (run.state.stage, run.state.epoch):
+        run.best_weights = run.checkpoint["model"]  # the last finished epoch was the best (best.pt may lag)
+    elif (run.run_dir / "best.pt").exists():
         run.best_weights = load_checkpoint(run.run_dir / "best.pt")["model"]
     say(f"resuming {run.run_dir} at stage {run.state.stage}, epoch {run.state.epoch}")
 
@@ -391,8 +392,7 @@ def train_epoch(run: Run, loop: Loop, epoch: int) -> EpochStats:
         loop.forward,
         loader,
         loop.optimizer,
-        box_kind=config.box_loss,
-        box_weight=config.box_weight,
+        **config.loss_options(),
         device=run.device,
         scaler=loop.scaler,
         scheduler=loop.scheduler,
@@ -425,8 +425,6 @@ def validate_epoch(run: Run, loop: Loop, epoch: int, stats: EpochStats) -> dict:
         state.best_value, state.bad_epochs = monitored, 0
         state.best = {"stage": loop.stage, "epoch": epoch, config.monitor: monitored}
         run.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        if run.write:
-            run.save_best(run.best_weights, loop.stage, epoch, monitored)
     else:
         state.bad_epochs += 1
     record["best"] = improved
@@ -477,22 +475,20 @@ def finish_epoch(run: Run, loop: Loop, epoch: int, record: dict, stats: EpochSta
         with open(run.run_dir / HISTORY_FILE, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         run.save_last(loop.optimizer, loop.scheduler, loop.scaler)
+        if record["best"]:  # after last.pt: a best.pt on disk never belongs to an epoch --resume replays
+            run.save_best(run.best_weights, loop.stage, epoch, state.best_value)
     if stop and run.log_epochs and patience_spent:
         say(f"  early stop: no better val {config.monitor} for {config.patience} epochs")
     return stop
 
 
 def final_report(run: Run, started: float) -> dict:
-    """The kept weights (best or last) scored on validation as exported (mirror pass included)."""
+    """The kept weights (best or last) scored on validation as exported (mirror and refining passes included)."""
     config, model = run.config, run.model
     if run.select_best and run.best_weights:
         model.load_state_dict(run.best_weights)
-    model.flip_tta = config.tta
-    model.eval()
-    val_set = FixedDataset(run.splits.val, run.store, run.class_index)
-    run.store.load(run.splits.val)
-    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
-    report = run.evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=batch))
+    model.flip_tta, model.refine_context = config.tta, config.refine_context
+    report = score(model, run.splits.val, run.store, run.classes, config, run.device, amp=run.amp)
     seconds = time.perf_counter() - started
     return {
         **report,
@@ -502,9 +498,28 @@ def final_report(run: Run, started: float) -> dict:
     }
 
 
+def score(model, records, store: ImageStore, classes, config: TrainConfig, device, *, amp: bool = False) -> dict:
+    """``model`` (in eval mode, as set: mirror and refining passes or not) on ``records``: the
+    ``clsloc.metrics`` report with the loss and every image's prediction."""
+    model.eval()
+    store.load(records)
+    val_set = FixedDataset(records, store, {c: i for i, c in enumerate(classes)})
+    batch = INFERENCE_BATCH // 2 if model.flip_tta else INFERENCE_BATCH  # the mirror pass doubles each batch
+    return evaluate(
+        model,
+        torch.utils.data.DataLoader(val_set, batch_size=batch),
+        records,
+        classes,
+        device,
+        **config.loss_options(),
+        amp=amp,
+        keep_predictions=True,
+    )
+
+
 def write_outputs(run: Run, metrics: dict, full_config: dict) -> None:
     """metrics.json, the config with its final metrics, the curves, and best.pt if no epoch made one."""
-    write_json(run.run_dir / METRICS_FILE, metrics)
+    write_json(run.run_dir / METRICS_FILE, {k: v for k, v in metrics.items() if k != "predictions"})
     full_config["metrics"] = {k: metrics[k] for k in ("accuracy", "mean_iou", "loc_accuracy", "n")}
     write_json(run.run_dir / CONFIG_FILE, full_config)
     from clsloc.training.plots import plot_history
@@ -543,6 +558,7 @@ def model_for(config: TrainConfig, num_classes: int, *, input_size: int | None =
         input_size=input_size or config.image_size or None,
         box_bins=config.box_bins,
         flip_tta=config.tta,
+        refine_context=config.refine_context,
     )
 
 

@@ -57,7 +57,9 @@ TRUNK = ("backbone",)  # ClsLocNet's feature extractor (clsloc.models.network); 
 # EfficientNet-Lite's stem conv and first block (a 3x3 depthwise at the highest resolution, where BatchNorm
 # folded into 32 filters leaves them the most uneven ranges) stay fp32: quantized one stage at a time,
 # the first block moved a borderline call the most (docs/int8.md); they are a small share of the work.
-FIRST_LAYERS = ("model.bn1", "blocks.0")
+# The stem conv's nodes carry its BatchNorm's path where the exporter folded the two, the conv's own where
+# two passes share its weights (the refining pass) and the BatchNorm stays a node: both are named.
+FIRST_LAYERS = ("model.conv_stem", "model.bn1", "blocks.0")
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,14 @@ def quantize(fp32_path: Path, int8_path: Path, inputs: np.ndarray, options: Int8
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # Nodes are picked by their module paths in the exported graph: onnxruntime's optimizer keeps every
+        # node's name but drops all paths once it rewrites the graph (it folds the BatchNorms the exporter
+        # left where two passes share the trunk's weights: the refining pass).
+        exported = onnx.load(str(fp32_path))
+        quantizable = set(nodes_in_modules(exported, options.quantize)) - set(
+            nodes_in_modules(exported, options.keep_fp32)
+        )
         graph = onnx.load(str(prepared))
-        quantizable = set(nodes_in_modules(graph, options.quantize)) - set(nodes_in_modules(graph, options.keep_fp32))
         excluded = [node.name for node in graph.graph.node if node.name not in quantizable]
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints a line per batch
             quantize_static(

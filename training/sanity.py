@@ -2,8 +2,9 @@
 
 With regularization off, an untrained classifier over C classes should be
 unsure: its cross-entropy is about ln(C). The box term at initialization is
-compared with the loss of a fixed centred box of half the image (what an
-uninformed head predicts). Then regularization is cranked up (L2 penalty
+compared with the loss of a fixed centred box of half the image
+(``clsloc.models.heads.PRIOR_BOX``: what an uninformed head predicts, and
+where both box heads start). Then regularization is cranked up (L2 penalty
 1e3 on the head weights, as in the lecture) and the loss must go up. Any
 check that fails is printed in capitals and the command exits non-zero.
 """
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from clsloc.models.heads import PRIOR_BOX
 from clsloc.training.config import TrainConfig
 from clsloc.training.data import ImageStore, Splits
-from clsloc.training.engine import box_loss, compute_loss, l2_penalty, set_backbone_trainable
+from clsloc.training.engine import box_loss, chosen_targets, compute_loss, l2_penalty, set_backbone_trainable
 
 CE_TOLERANCE = 0.25  # |CE - ln C| <= 25 % of ln C
 BOX_TOLERANCE = 3.0  # box term <= 3x the uninformed centred box's loss
@@ -60,9 +62,9 @@ def sanity_check(
     features, labels, targets = (t.to(device) for t in data.tensors)
     with torch.no_grad():
         logits, boxes = model.forward_heads(features)
-        parts = compute_loss(logits, boxes, labels, targets, box_kind=config.box_loss, box_weight=config.box_weight)
-        centred = torch.tensor([0.25, 0.25, 0.75, 0.75], device=device).expand_as(targets)
-        expected_box = float(box_loss(centred, targets, config.box_loss))
+        parts = compute_loss(logits, boxes, labels, targets, **config.loss_options())
+        centred = torch.tensor(PRIOR_BOX, device=device).expand(len(targets), 4)
+        expected_box = float(box_loss(centred, chosen_targets(centred, targets, config.box_target), config.box_loss))
         penalty = float(l2_penalty(model.head_parameters()))
     loss = float(parts.total)
     report = SanityReport(

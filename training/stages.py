@@ -58,7 +58,22 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 def augmentation(config: TrainConfig):
     """Stage 2's geometric augmentation as ``config`` sets it (crop, flip, zoom-out)."""
-    return train_transform(config.crop_p, config.crop_scale, config.zoom_out_p, config.zoom_out_max)
+    return train_transform(
+        config.crop_p,
+        config.crop_scale,
+        config.zoom_out_p,
+        config.zoom_out_max,
+        context_p=config.context_crop_p,
+        context=config.refine_context or 2.0,
+    )
+
+
+def crop_settings(config: TrainConfig) -> tuple[float, ...]:
+    """The augmented cached views' crops (``training.data.FixedDataset``'s ``crop``): the
+    object-keeping crop's, and the refining pass's window's when it is asked for."""
+    if config.context_crop_p:
+        return (config.crop_p, config.crop_scale, config.context_crop_p, config.refine_context or 2.0)
+    return (config.crop_p, config.crop_scale)
 
 
 def set_finetune_trainable(model, config: TrainConfig) -> None:
@@ -99,7 +114,7 @@ def _cached(run: Run, records, *, desc: str, **kwargs) -> torch.utils.data.Tenso
         run.device,
         amp=run.amp,
         progress=run.progress,
-        crop=(config.crop_p, config.crop_scale),
+        crop=crop_settings(config),
         desc=desc,
         **kwargs,
     )

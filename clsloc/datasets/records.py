@@ -67,6 +67,15 @@ class Record:
         """The target box as normalized xyxy (4,), the network's convention."""
         return normalize_boxes(np.asarray(self.box, dtype=np.float64), self.width, self.height)
 
+    @property
+    def label_boxes_normalized(self) -> np.ndarray:
+        """(M, 4) normalized xyxy: every box of the target's class, the policy's box first. These are
+        the boxes a prediction of the right class is scored against (``clsloc.metrics``: the best
+        match counts), so training may take its box loss against the nearest of them."""
+        others = [o.box for o in self.objects if o.label == self.label and tuple(o.box) != tuple(self.box)]
+        boxes = np.asarray([self.box, *others], dtype=np.float64)
+        return normalize_boxes(boxes, self.width, self.height)
+
 
 @dataclass
 class Problem:

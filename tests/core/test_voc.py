@@ -1,5 +1,6 @@
 """Pascal VOC reader and the shared box rules, on datasets the tests write."""
 
+import numpy as np
 import pytest
 
 from clsloc.datasets import Dataset, DatasetError, detect_format, load_dataset
@@ -64,6 +65,9 @@ def test_multi_object_policies_keep_all_objects(voc_dataset):
     assert len(largest["m"].objects) == 3
     first = {r.image.stem: r for r in load_dataset(root, policy="first").records}
     assert first["m"].label == "cat" and first["m"].box == (0, 0, 10, 10)
+    # the boxes a prediction of the target's class is scored against: the policy's first, no dog
+    np.testing.assert_allclose(first["m"].label_boxes_normalized, [[0, 0, 10 / 64, 10 / 48], [40 / 64, 0, 1, 30 / 48]])
+    np.testing.assert_allclose(largest["m"].label_boxes_normalized, [[0, 0, 40 / 64, 40 / 48]])
     skip = load_dataset(root, policy="skip")
     assert [r.image.stem for r in skip.records] == ["s"]
     assert [r.image.stem for r in skip.skipped] == ["m"]

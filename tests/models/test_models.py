@@ -73,6 +73,21 @@ def test_binned_box_head_gives_expected_corners_in_the_image(per_class):
     torch.testing.assert_close(out, torch.full_like(out, 2 / 7))
 
 
+@pytest.mark.parametrize("per_class", [False, True])
+def test_untrained_binned_box_head_answers_the_centred_half_box(per_class):
+    """The binned box head starts from the uninformed answer (the lecture's initial-loss check), the
+    centred box of half the image side, whatever the image, as the sigmoid head does (sigmoid(0) = 0.5
+    for centre and size); not from a uniform softmax, every corner at 0.5, a box of no size."""
+    from clsloc.models.heads import PRIOR_BOX
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, per_class=per_class, pretrained=False, input_size=64, box_bins=16).eval()
+    with torch.no_grad():
+        _, boxes = model(torch.randn(4, 3, 64, 64))
+    prior = torch.tensor(PRIOR_BOX).expand_as(boxes)
+    assert (boxes - prior).abs().max() < 0.03  # the random weights move it a little, not far
+
+
 def test_flip_tta_averages_the_image_and_its_mirror():
     """--tta: the prediction is the mean of the plain and the mirrored pass, so mirroring the input
     mirrors the box and keeps the class scores; training mode is untouched."""

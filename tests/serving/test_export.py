@@ -92,7 +92,7 @@ def test_export_ships_validation_images_of_each_class_as_samples(exported, tiny_
             assert image.format == "JPEG" and image.size == original.size  # small synthetic images stay as they are
 
 
-def test_tf_same_padding_is_exported_as_constant_conv_pads(exported, tmp_path):
+def test_tf_same_padding_is_exported_as_constant_conv_pads(exported, tiny_run, tmp_path):
     """Lite's stride-2 convs pad from the input shape at run time; exported that way, onnxruntime
     could neither fold the Pads nor lay the graph out for its fast kernels. The exporter fixes H and W,
     so each TF-"same" pad is a constant inside its Conv: no Pad, Shape or Ceil in the file, nor after
@@ -109,7 +109,8 @@ def test_tf_same_padding_is_exported_as_constant_conv_pads(exported, tmp_path):
     assert ops["Pad"] == 0 and ops["Shape"] == 0 and ops["Ceil"] == 0
     convs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in graph.node if n.op_type == "Conv"]
     strided = [c for c in convs if c["strides"] == [2, 2]]
-    assert len(strided) == 5  # Lite0's five strided convs...
+    passes = 2 if json.loads((tiny_run / "config.json").read_text())["refine_context"] else 1  # the refining pass
+    assert len(strided) == 5 * passes  # Lite0's five strided convs in each pass of the trunk...
     for conv in strided:  # ...each with TF's asymmetric "same" pads (one more after than before) inside the Conv
         top, left, bottom, right = conv["pads"]
         assert (bottom - top, right - left) == (1, 1), conv
@@ -269,9 +270,10 @@ def test_export_command_reports_a_missing_run_without_a_traceback(tmp_path):
     assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
-    """A run trained with --box-bins and --tta exports a graph that computes exactly that:
-    ONNX agrees with the PyTorch model averaged over the image and its mirror."""
+def test_binned_head_flip_tta_and_refining_pass_are_part_of_the_exported_graph(tmp_path):
+    """A run trained with --box-bins, --tta and --refine-context exports a graph that computes
+    exactly that: ONNX agrees with the PyTorch model averaged over the image and its mirror, then
+    looking again at a window around its first box."""
     import torch
 
     from clsloc.models import ExportWrapper
@@ -289,19 +291,24 @@ def test_binned_head_and_flip_tta_are_part_of_the_exported_graph(tmp_path):
         "--box-bins",
         "8",
         "--tta",
+        "--refine-context",
+        "1.5",
     )
     assert train.returncode == 0, train.stderr[-3000:]
     export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)  # raises if parity fails
     model, config = load_run(tmp_path / "run")
-    assert model.flip_tta and model.box_head.bins == 8 and config["tta"]
+    assert model.flip_tta and model.box_head.bins == 8 and config["tta"] and model.refine_context == 1.5
     engine = Engine(tmp_path / "model", threads=1)
     _, val = load_split(tmp_path / "run")
     batch = engine.preprocessing.batch([engine.decode(r.image) for r in val[:4]])
     x = torch.from_numpy(batch)
     with torch.inference_mode():
         _, boxes = ExportWrapper(model)(x)
+        model.refine_context = 0.0
+        _, one_look = ExportWrapper(model)(x)
         model.flip_tta = False
         _, plain_boxes = ExportWrapper(model)(x)
     _, onnx_boxes = engine.run(batch)
     np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-4)
-    assert np.abs(onnx_boxes - plain_boxes.numpy()).max() > 1e-3  # the mirror pass is in the graph
+    assert np.abs(onnx_boxes - one_look.numpy()).max() > 1e-3  # the refining pass is in the graph
+    assert np.abs(one_look.numpy() - plain_boxes.numpy()).max() > 1e-3  # and so is the mirror pass

@@ -57,12 +57,13 @@ def test_augmented_box_stays_on_the_object(box, zoom_out_p):
         assert min(areas) >= area - 1e-3
 
 
-def test_crop_never_cuts_the_target_box():
+@pytest.mark.parametrize("context_p", [0.0, 1.0], ids=["object-keeping", "refine-window"])
+def test_crop_never_cuts_the_target_box(context_p):
     from torchvision import tv_tensors
 
     from clsloc.training.data import RandomCropContaining
 
-    crop = RandomCropContaining(min_scale=0.2, p=1.0)
+    crop = RandomCropContaining(min_scale=0.2, p=1.0, context_p=context_p, context=1.5)
     image = tv_tensors.Image(torch.zeros(3, 300, 400, dtype=torch.uint8))
     for seed in range(200):
         torch.manual_seed(seed)
@@ -79,6 +80,32 @@ def test_crop_never_cuts_the_target_box():
         assert float(bx[2] - bx[0]) == pytest.approx(box[2] - box[0])
         assert float(bx[3] - bx[1]) == pytest.approx(box[3] - box[1])
         assert float(bx[0]) >= 0 and float(bx[1]) >= 0 and float(bx[2]) <= w and float(bx[3]) <= h
+
+
+def test_refine_window_crop_is_the_refining_pass_view_around_a_first_guess():
+    """--context-crop-p: the crop is a square (in the network's input) of about --refine-context x
+    the box's longer side around it, off by what a first pass might be off, as the refining pass
+    would look at it; the object then fills about 1/context of the crop's longer side."""
+    from torchvision import tv_tensors
+
+    from clsloc.training.data import CONTEXT_SCALE, CONTEXT_SHIFT, RandomCropContaining
+
+    crop = RandomCropContaining(min_scale=0.7, p=0.0, context_p=1.0, context=2.0)
+    width, height = 400, 300
+    box = (150.0, 120.0, 210.0, 160.0)  # 0.15 x 0.133 of the image: a window of about 0.3 of each side
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([box]), format="XYXY", canvas_size=(height, width))
+    sides, offsets = [], []
+    for seed in range(100):
+        torch.manual_seed(seed)
+        p = crop.make_params([boxes])
+        w, h = p["width"] / width, p["height"] / height
+        assert w == pytest.approx(h, abs=0.02)  # square in normalized coordinates
+        assert p["left"] <= box[0] and p["left"] + p["width"] >= box[2]  # the box stays whole
+        assert p["top"] <= box[1] and p["top"] + p["height"] >= box[3]
+        sides.append(w)
+        offsets.append(abs((p["left"] + p["width"] / 2) - 180.0) / 60.0)  # centre offset / box width
+    assert min(sides) >= 2 * 0.15 / CONTEXT_SCALE - 0.01 and max(sides) <= 2 * 0.15 * CONTEXT_SCALE + 0.01
+    assert max(sides) - min(sides) > 0.05 and max(offsets) <= CONTEXT_SHIFT + 0.02 and max(offsets) > 0.05
 
 
 def _one_object_record(tmp_path):
@@ -111,11 +138,12 @@ def test_training_and_validation_inputs_use_the_models_preprocessing(tmp_path):
     store = ImageStore(pre)
     x, label, box = FixedDataset([record], store, {"a": 0})[0]
     np.testing.assert_array_equal(x.numpy(), pre(decode_image(path)))
-    np.testing.assert_allclose(box.numpy(), [30 / 160, 20 / 120, 100 / 160, 90 / 120], atol=1e-6)
+    assert box.shape == (1, 4)  # (slots, 4): the image's boxes of its class, one here
+    np.testing.assert_allclose(box.numpy()[0], [30 / 160, 20 / 120, 100 / 160, 90 / 120], atol=1e-6)
 
     xf, _, boxf = FixedDataset([record], store, {"a": 0}, view=1)[0]
     np.testing.assert_array_equal(xf.numpy(), x.numpy()[:, :, ::-1])
-    np.testing.assert_allclose(boxf.numpy(), [1 - 100 / 160, 20 / 120, 1 - 30 / 160, 90 / 120], atol=1e-6)
+    np.testing.assert_allclose(boxf.numpy()[0], [1 - 100 / 160, 20 / 120, 1 - 30 / 160, 90 / 120], atol=1e-6)
 
     # an augmented cached view is the same every time it is computed
     xv, _, boxv = FixedDataset([record], store, {"a": 0}, view=3)[0]
@@ -160,8 +188,10 @@ def test_augmented_cached_views_follow_the_crop_options(tmp_path):
     assert torch.equal(plain.tensors[0], again.tensors[0]) and torch.equal(plain.tensors[2], again.tensors[2])
 
 
-def _records_of_scenes(tmp_path, n: int):
-    """``n`` PNGs of different sizes, each with one object, and their training records."""
+def _records_of_scenes(tmp_path, n: int, *, extra_boxes: bool = False):
+    """``n`` PNGs of different sizes, each with one object, and their training records.
+    ``extra_boxes``: every other record also lists a second box of its class and one of another
+    class (annotations only: the pixels are the same)."""
     from PIL import Image
 
     from clsloc.datasets import GroundTruth, Record
@@ -177,7 +207,12 @@ def _records_of_scenes(tmp_path, n: int):
                 image=path,
                 width=width,
                 height=height,
-                objects=[GroundTruth("a", box)],
+                objects=[GroundTruth("a", box)]
+                + (
+                    [GroundTruth("a", (0, 0, 30, 25)), GroundTruth("b", (40, 40, 90, 80))]
+                    if extra_boxes and k % 2
+                    else []
+                ),
                 annotation=f"s{k}.xml",
                 label="a",
                 box=tuple(map(float, box)),
@@ -192,18 +227,19 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
     with the same draws left for what comes after (the dropout of the step)."""
     from torchvision import tv_tensors
 
-    from clsloc.training.data import AugmentedDataset, ImageStore, train_transform
+    from clsloc.training.data import AugmentedDataset, ImageStore, pad_boxes, train_transform
 
-    records = _records_of_scenes(tmp_path, 12)
+    records = _records_of_scenes(tmp_path, 12, extra_boxes=True)
     pre = Preprocessing(size=(64, 64))
     store = ImageStore(pre)
     data = AugmentedDataset(records, store, {"a": 0}, train_transform(0.7, 0.5, zoom_out_p=0.5))
+    assert data.slots == 2  # the target and the other box of its class; never the other class's
 
     def one_by_one(i):  # the plain way: torchvision's transforms called on the image and its box
         sample = store[records[i]]
         h, w = sample.large.shape[:2]
         boxes = tv_tensors.BoundingBoxes(
-            torch.as_tensor(sample.box * np.array([w, h, w, h], dtype=np.float32))[None],
+            torch.as_tensor(sample.boxes * np.array([w, h, w, h], dtype=np.float32)),
             format="XYXY",
             canvas_size=(h, w),
         )
@@ -212,8 +248,8 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
         resized = torch.from_numpy(np.array(pre.resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))))
         x = pre.normalize(data.colour(resized.permute(2, 0, 1)).permute(1, 2, 0).numpy())
         out_h, out_w = boxes.canvas_size
-        box = np.clip(boxes.reshape(4).numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32), 0, 1)
-        return x, box
+        box = np.clip(boxes.numpy() / np.array([out_w, out_h, out_w, out_h], dtype=np.float32), 0, 1)
+        return x, pad_boxes(box, data.slots)
 
     order = [3, 0, 11, 5, 5, 7, 1, 2, 10, 9, 4, 6, 8]
     torch.manual_seed(7)
@@ -227,7 +263,7 @@ def test_a_threaded_batch_is_torchvisions_augmentation_one_image_after_another(t
         np.testing.assert_array_equal(x.numpy(), want_x)
         np.testing.assert_array_equal(box.numpy(), want_box.astype(np.float32))
     # and the batch really was augmented in different ways (flips, zoom-outs, crops)
-    assert len({tuple(np.round(b.numpy(), 4)) for _, _, b in batch}) >= 10
+    assert len({tuple(np.round(b.numpy()[0], 4)) for _, _, b in batch}) >= 10
 
 
 def _photo_like(height: int, width: int, seed: int) -> np.ndarray:

@@ -28,6 +28,28 @@ def test_sanity_numbers(synth3, tiny_config):
     assert report.loss_cranked > report.loss  # more regularization, higher loss
 
 
+@pytest.mark.slow
+def test_sanity_passes_with_the_default_configuration_on_photo_like_data(tmp_path, cli, capsys):
+    """``clsloc train DATA --sanity`` with every default (pretrained Lite0, 256 px, the binned box head)
+    on objects as large as the shared photos': the untrained box head starts near the uninformed box."""
+    import numpy as np
+
+    from clsloc.datasets import load_dataset
+    from clsloc.synth import PHOTO_SCALE, write_synthetic_voc
+    from clsloc.training.sanity import BOX_TOLERANCE
+
+    data = write_synthetic_voc(tmp_path / "voc", images=24, classes=2, seed=3, object_scale=PHOTO_SCALE)
+    # The data can tell: a head starting at a box of no size in the centre (every corner 0.5, the
+    # binned head's uniform start) would be far over the check's limit on these boxes.
+    targets = np.stack([r.box_normalized for r in load_dataset([str(data)]).records])
+    centred = np.array([0.25, 0.25, 0.75, 0.75])
+    assert ((targets - 0.5) ** 2).mean() > BOX_TOLERANCE * ((targets - centred) ** 2).mean()
+
+    assert cli("train", data, "--sanity", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "sanity check passed" in out and "SANITY CHECK FAILED" not in out
+
+
 def test_sanity_fails_loudly_when_the_initial_loss_is_off(synth3, tiny_config, cli, tiny, capsys, monkeypatch):
     """A classifier that is confident before training (a badly initialized head) must fail the check."""
     import clsloc.models as models
