@@ -232,7 +232,7 @@ def _median_run(runs: list[dict]) -> dict:
 
 def bench_model(label: str, model: Path, photos, inputs: dict[int, Path], work: Path, args, cores: int) -> dict:
     """Ceilings bracketing rounds of local and Ray jobs, run in turn (the machine is shared), and 1 worker."""
-    from clsloc.serving.scoring.job import CPU_BATCH, GPU_BATCH
+    from clsloc.serving.engine import CPU_BATCH, GPU_BATCH
 
     batch = args.batch_size or (GPU_BATCH if args.gpu else CPU_BATCH)
     flags = ["--batch-size", str(batch), *(["--gpu"] if args.gpu else [])]

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch",
         type=int,
         default=0,
-        help="most images in one onnxruntime run: /predict requests merged, /predict_batch chunks (default 8)",
+        help="most images in one onnxruntime run: /predict requests merged, /predict_batch chunks (default 4 on CPU, 32 on a GPU)",
     )
 
 

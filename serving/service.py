@@ -22,7 +22,7 @@ from pydantic import Field
 from clsloc.images import ImageError
 from clsloc.serving import store
 from clsloc.serving.batcher import MicroBatcher
-from clsloc.serving.engine import Engine, EngineError
+from clsloc.serving.engine import Engine, EngineError, default_batch_size
 from clsloc.serving.http import ApiGuard, counters, image_error_item, image_error_response
 from clsloc.serving.openapi import ImageFailure, PredictResult
 from clsloc.serving.settings import Settings
@@ -74,10 +74,11 @@ class Clsloc:
             model_dir, threads=settings.threads, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels
         )
         # Concurrent /predict requests share onnxruntime runs; one run at a time per worker.
-        self.batcher = MicroBatcher(self.engine, max_batch=settings.max_batch)
+        max_batch = settings.max_batch or default_batch_size(self.engine.providers)
+        self.batcher = MicroBatcher(self.engine, max_batch=max_batch)
         # Requests past parsing that decode and preprocess at once: enough to fill the next batch
         # while one runs, no more (extra decoders would only fight onnxruntime for the cores).
-        self._pipeline = anyio.CapacityLimiter(settings.max_batch + 1)
+        self._pipeline = anyio.CapacityLimiter(max_batch + 1)
 
     def __is_ready__(self) -> bool:
         return self.engine is not None

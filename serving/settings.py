@@ -7,7 +7,7 @@ CLSLOC_MODEL               model directory, or a pinned store tag NAME:VERSION  
 CLSLOC_MAX_BYTES           largest accepted image, bytes                        20 MB
 CLSLOC_MAX_PIXELS          largest accepted image, width x height               64 MP
 CLSLOC_MAX_BATCH_IMAGES    most images in one /predict_batch request            64
-CLSLOC_MAX_BATCH           most images in one onnxruntime run (both routes)    8
+CLSLOC_MAX_BATCH           most images in one onnxruntime run (both routes)    4 (GPU 32)
 CLSLOC_MAX_QUEUE           most API requests a worker holds at once; more: 503  32
 CLSLOC_API_KEY             when set, requests need ``Authorization: Bearer``    unset
 CLSLOC_THREADS             onnxruntime intra-op threads per worker              CPUs
@@ -35,7 +35,9 @@ class Settings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_images: int = 64
-    max_batch: int = 8  # concurrent /predict requests merged into one onnxruntime run (clsloc.serving.batcher)
+    # Images in one onnxruntime run: /predict requests merged (clsloc.serving.batcher), /predict_batch chunks.
+    # None: the engine's default for its device (clsloc.serving.engine.default_batch_size).
+    max_batch: int | None = None
     # API requests one worker holds at once (parsing, queued, running); past it a fast 503 (clsloc.serving.http).
     max_queue: int = 32
     api_key: str | None = None
@@ -60,7 +62,7 @@ class Settings:
             max_bytes=env_int(env, "CLSLOC_MAX_BYTES", DEFAULT_MAX_BYTES),
             max_pixels=env_int(env, "CLSLOC_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             max_batch_images=env_int(env, "CLSLOC_MAX_BATCH_IMAGES", 64),
-            max_batch=env_int(env, "CLSLOC_MAX_BATCH", 8),
+            max_batch=env_int(env, "CLSLOC_MAX_BATCH", 0) if env.get("CLSLOC_MAX_BATCH") else None,
             max_queue=env_int(env, "CLSLOC_MAX_QUEUE", 32),
             api_key=env.get("CLSLOC_API_KEY") or None,
             threads=env_int(env, "CLSLOC_THREADS", 0) if env.get("CLSLOC_THREADS") else None,

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from clsloc.images import DEFAULT_MAX_PIXELS
 from clsloc.manifest import Manifest, ManifestError
-from clsloc.serving.engine import CUDA, DEFAULT_MAX_BYTES, Engine, EngineError, default_threads
+from clsloc.serving.engine import (
+    CPU_BATCH,
+    DEFAULT_MAX_BYTES,
+    GPU_BATCH,
+    Engine,
+    EngineError,
+    default_batch_size,
+    default_threads,
+)
 from clsloc.serving.scoring.inputs import Inputs
 from clsloc.serving.scoring.progress import Progress
 from clsloc.serving.scoring.ray_runner import RaySettings
@@ -26,11 +34,6 @@ from clsloc.serving.scoring.summary import Tally, tally
 
 JOB_SUFFIX = ".job.json"
 METRICS_SUFFIX = ".metrics.json"
-# Images per onnxruntime run when --batch-size is not given. On CPU a larger batch buys no speed per image
-# (the convolutions already fill a core) but every image in a run holds its activations in memory at once,
-# and the workers run concurrently; a GPU needs large batches to be kept busy.
-CPU_BATCH = 4
-GPU_BATCH = 32
 
 
 @dataclass
@@ -121,7 +124,7 @@ def make_runner(model_dir: Path, options: ScoreOptions) -> Callable[[list[str]],
         max_pixels=options.max_pixels,
     )
     workers = options.workers or max(1, default_threads() // options.threads)
-    batch_size = options.batch_size or (GPU_BATCH if engine.providers[0] == CUDA else CPU_BATCH)
+    batch_size = options.batch_size or default_batch_size(engine.providers)
     return lambda paths: run_local(engine, paths, workers=workers, batch_size=batch_size)
 
 

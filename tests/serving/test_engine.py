@@ -152,3 +152,10 @@ def test_softmax_scores_sum_to_one(engine):
     probs, boxes = engine.run(batch)
     assert probs.shape == (2, 3) and boxes.shape == (2, 4)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+
+
+def test_runs_default_to_small_batches_on_a_cpu_and_large_ones_on_a_gpu():
+    from clsloc.serving.engine import CPU_BATCH, CUDA, GPU_BATCH, default_batch_size
+
+    assert default_batch_size(["CPUExecutionProvider"]) == CPU_BATCH < GPU_BATCH
+    assert default_batch_size([CUDA, "CPUExecutionProvider"]) == GPU_BATCH

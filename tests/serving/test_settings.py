@@ -10,7 +10,7 @@ from clsloc.serving.settings import Settings
 def test_defaults():
     settings = Settings.from_env({})
     assert settings.max_bytes == 20 * 1024 * 1024 and settings.api_key is None and settings.workers == 1
-    assert settings.max_batch == 8 and settings.access_log is True and settings.max_queue == 32
+    assert settings.max_batch is None and settings.access_log is True and settings.max_queue == 32  # None: by device
     assert settings.max_request_bytes > settings.max_bytes  # room for the multipart envelope
 
 
