@@ -5,8 +5,9 @@
 Part 1, in one process per variant, the steps of a worker with their RSS:
 Python with numpy and Pillow; + onnxruntime; + BentoML, Starlette and the
 service's modules; + the model's session; after one image; after batches of
-8 (/predict's micro-batches); after batches of 16 (/predict_batch's chunks);
-after every batch size 1-16 (onnxruntime plans memory per input shape); after
+8; after batches of 16 (the runs the service made before they were bounded by
+CLSLOC_MAX_BATCH); after every batch size 1-16 (onnxruntime plans memory per
+input shape, and the service runs every size up to its bound); after
 a steady load (photos decoded on 4 threads, one onnxruntime run at a time, as
 a worker does). Variants: onnxruntime's CPU memory arena on or off, its memory
 patterns on or off.
@@ -106,7 +107,7 @@ def probe(model_dir: str, options: dict, threads: int, seconds: float) -> dict:
             engine.run(batch)
         return size
 
-    # Every batch size the service makes: /predict's micro-batches 1-8, /predict_batch's chunks 1-16.
+    # Every batch size from 1 to past the service's bound (CLSLOC_MAX_BATCH), as a long-running worker meets them.
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(work, range(1, 17)))
     steps["after every batch size 1-16"] = rss_mb()
