@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -81,10 +82,34 @@ def make_client(serving_env):
         yield make
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free right now, chosen below the kernel's ephemeral range.
+
+    BentoML gives its internal endpoints (circus's control socket among them)
+    ports from bind(0), i.e. from the ephemeral range. A port found there and
+    released before the server binds it can be handed to one of them first,
+    and the server dies at start-up with "Address already in use". bind(0)
+    never picks a port below that range.
+    """
+    low, _ = _ephemeral_ports()
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port found below {low}")
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
