@@ -158,10 +158,6 @@ def run(args: argparse.Namespace) -> int:
     describe(model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["CLSLOC_MODEL"] = model  # pinned: a directory or NAME:VERSION
-    # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and memory freed
-    # in one arena is not reused by the others: decoding threads and onnxruntime's would hold a
-    # high-water mark each. The workers inherit this (benchmarks/memory.py measures the difference).
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     os.environ["CLSLOC_WORKERS"] = str(args.workers)
     os.environ["CLSLOC_THREADS"] = str(args.threads or max(1, cpus // args.workers))
     if args.max_bytes:

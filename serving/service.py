@@ -46,6 +46,11 @@ MODEL_TAG = _IMPORT_SETTINGS.model if store.looks_like_tag(_IMPORT_SETTINGS.mode
     # Probes and scrapes every few seconds would drown the log; CLSLOC_ACCESS_LOG=0 drops request lines too.
     logging={"access": {"enabled": _IMPORT_SETTINGS.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and memory freed in
+    # one arena is not reused by the others: decoding threads and onnxruntime's would each hold a
+    # high-water mark (benchmarks/memory.py). BentoML starts every worker with these variables, whatever
+    # starts the server (`clsloc serve`, `bentoml serve`, the container); a value set outside wins.
+    envs=[{"name": "MALLOC_ARENA_MAX", "value": "2", "stage": "runtime"}],
 )
 @bentoml.asgi_app(web_app, path="/")
 class Clsloc:

@@ -26,7 +26,7 @@ import httpx
 import oracle
 import pytest
 import yaml
-from conftest import REPO, free_port, running_server, stop_server, wait_ready
+from conftest import REPO, SERVERS, free_port, running_server, stop_server, wait_ready, worker_pids
 
 from clsloc_client import Client, ModelRef
 
@@ -208,8 +208,11 @@ def serve_bento(bento: str, env: dict, cwd: Path, log: Path):
             wait_ready(f"http://127.0.0.1:{port}", process)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; server log:\n{log.read_text()[-3000:]}") from None
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        SERVERS[url] = process  # conftest.worker_pids(url) finds its workers
+        yield url
     finally:
+        SERVERS.pop(f"http://127.0.0.1:{port}", None)
         stop_server(process)
 
 
@@ -246,6 +249,14 @@ def test_bento_serves_its_packed_model_with_nothing_set(served, built):
     assert answer.label == "red" and answer.model == ModelRef("clsloc-build-test", "1")
     stored = json.loads((built["home"] / "models" / "clsloc-build-test" / "1" / "manifest.json").read_text())
     assert {k: v for k, v in info.items() if k != "providers"} == stored
+
+
+def test_the_bentos_workers_start_with_the_services_malloc_arena_bound(served):
+    # Served with nothing set, as on a new machine: the value comes from the service's declared envs.
+    import psutil
+
+    pids = worker_pids(served)
+    assert pids and {psutil.Process(pid).environ().get("MALLOC_ARENA_MAX") for pid in pids} == {"2"}
 
 
 def test_bento_and_clsloc_serve_give_the_same_answers(served, built, tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 
 import oracle
 import pytest
-from conftest import running_server  # at import: inside a test, 'conftest' may be another directory's
+from conftest import running_server, worker_pids  # at import: inside a test, 'conftest' may be another directory's
 
 from clsloc_client import AsyncClient, BadImage, Client, ClsLocError
 
@@ -62,6 +63,15 @@ def test_async_client_concurrent_requests(live_server):
     answers, batch = asyncio.run(main())
     assert [a.label for a in answers] == labels
     assert [b[0].label for b in batch] == labels  # adaptive batching merges requests, answers stay with theirs
+
+
+def test_workers_start_with_the_services_malloc_arena_bound(live_server):
+    """`clsloc serve` workers get the service's MALLOC_ARENA_MAX; a value set outside wins."""
+    import psutil
+
+    expected = os.environ.get("MALLOC_ARENA_MAX", "2")
+    pids = worker_pids(live_server)
+    assert pids and {psutil.Process(pid).environ().get("MALLOC_ARENA_MAX") for pid in pids} == {expected}
 
 
 def test_metrics_endpoint_of_the_real_server(live_server):
