@@ -15,8 +15,8 @@ export BENTOML_DO_NOT_TRACK := true
 venv: $(STAMP)
 
 # pip (not uv/poetry): torch==2.14.1 and torchvision==0.29.1 come from this machine's disk.
-# The 2.14.1 build on that disk is PyTorch's CUDA build: with its NVIDIA libraries the environment takes about
-# 7 GB, so a nearly full disk is named before pip fails half-way with "No space left on device".
+# The 2.14.1 build on that disk is PyTorch's CUDA build, which brings NVIDIA's libraries along: a nearly
+# full disk is named before pip fails half-way with "No space left on device".
 $(STAMP): pyproject.toml clients/pyproject.toml
 	@free=$$(df -Pk . | awk 'NR == 2 { print int($$4 / 1048576) }'); \
 	  [ "$$free" -ge 9 ] || echo "make: warning: $$free GB free on this disk; the environment needs about 8 GB" >&2

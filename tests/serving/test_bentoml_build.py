@@ -194,6 +194,7 @@ def test_bento_container_runs_as_a_non_root_user(context):
 def serve_bento(bento: str, env: dict, cwd: Path, log: Path):
     """``bentoml serve BENTO`` (a tag or a folder) on a free loopback port until ready; always stopped."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [BENTOML, "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
@@ -205,14 +206,13 @@ def serve_bento(bento: str, env: dict, cwd: Path, log: Path):
         )
     try:
         try:
-            wait_ready(f"http://127.0.0.1:{port}", process)
+            wait_ready(url, process)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; server log:\n{log.read_text()[-3000:]}") from None
-        url = f"http://127.0.0.1:{port}"
         SERVERS[url] = process  # conftest.worker_pids(url) finds its workers
         yield url
     finally:
-        SERVERS.pop(f"http://127.0.0.1:{port}", None)
+        SERVERS.pop(url, None)
         stop_server(process)
 
 
