@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clsloc.serving.engine import DEFAULT_MAX_BYTES
+
 DEFAULT_MODEL = "clsloc-default"
 # The default model: small, quick to make on 2 CPU cores, trained on synthetic shapes (a placeholder:
 # 2 cached views, not training's 8, keep the first start quick).
@@ -46,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="onnxruntime threads per worker (default: CPUs / workers)"
     )
-    parser.add_argument("--max-bytes", type=int, default=0, help="largest accepted image in bytes (default 20 MB)")
+    parser.add_argument(
+        "--max-bytes", type=int, default=0, help=f"largest accepted image in bytes (default {DEFAULT_MAX_BYTES})"
+    )
     parser.add_argument("--no-access-log", action="store_true", help="no log line per request (CLSLOC_ACCESS_LOG=0)")
     parser.add_argument(
         "--max-queue",

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clsloc.datasets import POLICIES
+from clsloc.images import DEFAULT_MAX_PIXELS
+from clsloc.serving.engine import DEFAULT_MAX_BYTES
 from clsloc.serving.scoring.inputs import Inputs
 from clsloc.serving.scoring.job import JobResult, ScoreOptions
 from clsloc.serving.scoring.ray_runner import RaySettings
@@ -42,8 +44,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="require onnxruntime's CUDA provider (as CLSLOC_REQUIRE_GPU=1); error if none",
     )
-    parser.add_argument("--max-bytes", type=_positive, default=None, help="largest image file in bytes (default 20 MB)")
-    parser.add_argument("--max-pixels", type=_positive, default=None, help="most pixels per image (default 64 M)")
+    parser.add_argument(
+        "--max-bytes", type=_positive, default=None, help=f"largest image file in bytes (default {DEFAULT_MAX_BYTES})"
+    )
+    parser.add_argument(
+        "--max-pixels", type=_positive, default=None, help=f"most pixels per image (default {DEFAULT_MAX_PIXELS})"
+    )
     parser.add_argument(
         "--policy",
         choices=[p for p in POLICIES if p != "skip"],
